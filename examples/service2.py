@@ -1,0 +1,50 @@
+"""Example backend: a tiny notifications service.
+
+Run: uv run --frozen uvicorn examples.service2:app --host 127.0.0.1 --port 8002
+"""
+
+from datetime import datetime, timezone
+from uuid import uuid4
+
+from fastapi import FastAPI, Request
+from pydantic import BaseModel
+
+app = FastAPI(title="service2 (notifications)")
+
+
+class NotificationIn(BaseModel):
+    to: str
+    message: str
+
+
+class Notification(NotificationIn):
+    id: str
+    status: str
+    created_at: datetime
+
+
+NOTIFICATIONS: list[Notification] = []
+
+
+@app.middleware("http")
+async def add_service_header(request: Request, call_next):
+    response = await call_next(request)
+    response.headers["X-Service"] = "service2"
+    return response
+
+
+@app.post("/api/notifications/send", status_code=202)
+async def send_notification(notification: NotificationIn) -> dict:
+    sent = Notification(
+        id=uuid4().hex,
+        status="queued",
+        created_at=datetime.now(timezone.utc),
+        **notification.model_dump(),
+    )
+    NOTIFICATIONS.append(sent)
+    return {"status": sent.status, "id": sent.id}
+
+
+@app.get("/api/notifications")
+async def list_notifications() -> list[Notification]:
+    return NOTIFICATIONS

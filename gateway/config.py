@@ -1,0 +1,338 @@
+"""Configuration: environment (primary) and an optional TOML routes file.
+
+``from_env(environ)`` returns a frozen ``Config`` or raises ``ConfigError``
+naming the variable, which the CLI turns into one line on stderr and exit
+code 2 (CONTRACT.md, Configuration). No asyncio here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+RESERVED_NAMES = frozenset({"gateway"})
+_NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,62})\Z")
+_PREFIX_SEGMENT_RE = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%-]+\Z")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# uvicorn closes idle keep-alive connections after 5 s (its --timeout-keep-alive
+# default); expiring ours a second earlier means the backend's close almost never
+# races a request we send on a pooled connection.
+DEFAULT_POOL_IDLE_TIMEOUT_S = 4.0
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; str() is the one line printed at start-up."""
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    scheme: str
+    host: str
+    port: int
+    base_path: bytes  # prepended to the forwarded path; b"" for an origin
+    display: str  # the URL with any userinfo redacted
+
+    @property
+    def origin(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str  # service name: the access log's `service`
+    prefix: str  # e.g. "/api/service1", whole segments
+    upstream: Upstream
+    strip_to: bytes  # what replaces the prefix upstream: b"/api" for env services
+    connect_timeout_s: float
+    upstream_timeout_s: float
+    max_body_bytes: int  # 0: no limit
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    routes: tuple[Route, ...] = ()
+    connect_timeout_s: float = 5.0
+    upstream_timeout_s: float = 30.0
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_header_bytes: int = 65536
+    pool_max_connections: int = 100
+    pool_timeout_s: float = 5.0
+    pool_idle_timeout_s: float = DEFAULT_POOL_IDLE_TIMEOUT_S
+    client_header_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 75.0
+    max_connections: int = 20000
+    drain_delay_s: float = 0.0
+    shutdown_timeout_s: float = 30.0
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
+        default_factory=lambda: _parse_cidrs("GATEWAY_TRUSTED_PROXIES", "127.0.0.1/8,::1")
+    )
+    workers: int = 1
+    config_path: str | None = None
+    access_log: bool = True
+    log_level: str = "info"
+    recent_size: int = 100
+    server_timing: bool = False
+    rewrite_location: bool = False
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, positive: bool = False) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: not a number") from None
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ConfigError(f"{name}={raw!r}: must be a {'positive' if positive else 'non-negative'} number")
+    return value
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r}: must be at least {minimum}")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "on", "true", "yes"):
+        return True
+    if value in ("0", "off", "false", "no"):
+        return False
+    raise ConfigError(f"{name}={raw!r}: expected on or off")
+
+
+def _parse_cidrs(
+    name: str, raw: str
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    nets = []
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(f"{name}: {item!r} is not an IP address or CIDR") from None
+    return tuple(nets)
+
+
+def parse_upstream(name: str, raw: str, *, allow_path: bool) -> Upstream:
+    """Parse a backend URL; ``name`` is the variable (or file key) for errors."""
+    try:
+        parts = urlsplit(raw.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r}: invalid URL ({exc})") from None
+    if parts.scheme != "http":
+        if parts.scheme == "https":
+            raise ConfigError(f"{name}={raw!r}: https upstreams are not supported (plain http only)")
+        raise ConfigError(f"{name}={raw!r}: URL needs the http:// scheme")
+    if not parts.hostname:
+        raise ConfigError(f"{name}={raw!r}: URL has no host")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{name}={raw!r}: URL must not have a query or fragment")
+    path = parts.path.rstrip("/")
+    if path and not allow_path:
+        raise ConfigError(
+            f"{name}={raw!r}: must be an origin (http://host:port) without a path;"
+            " use a GATEWAY_CONFIG route for a base path"
+        )
+    netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    if parts.username is not None or parts.password is not None:
+        netloc = "***@" + netloc
+    return Upstream(
+        scheme="http",
+        host=parts.hostname,
+        port=port or 80,
+        base_path=path.encode("ascii", "strict") if path.isascii() else _bad_path(name, raw),
+        display=f"http://{netloc}{path}",
+    )
+
+
+def _bad_path(name: str, raw: str) -> bytes:
+    raise ConfigError(f"{name}={raw!r}: URL path must be ASCII (percent-encode it)")
+
+
+def env_var_for(service: str) -> str:
+    return service.upper().replace("-", "_") + "_URL"
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> Config:
+    env = os.environ if environ is None else environ
+    port = _integer(env, "GATEWAY_PORT", 8080)
+    if port > 65535:
+        raise ConfigError(f"GATEWAY_PORT={env['GATEWAY_PORT']!r}: must be at most 65535")
+    log_level = env.get("GATEWAY_LOG_LEVEL", "info").strip().lower() or "info"
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"GATEWAY_LOG_LEVEL={log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
+    workers_raw = env.get("GATEWAY_WORKERS", "1").strip() or "1"
+    workers = (os.cpu_count() or 1) if workers_raw == "auto" else _integer(env, "GATEWAY_WORKERS", 1, minimum=1)
+
+    connect_timeout_s = _number(env, "GATEWAY_CONNECT_TIMEOUT", 5.0, positive=True)
+    upstream_timeout_s = _number(env, "GATEWAY_UPSTREAM_TIMEOUT", 30.0, positive=True)
+    max_body_bytes = _integer(env, "GATEWAY_MAX_BODY_BYTES", 10 * 1024 * 1024)
+
+    routes: list[Route] = []
+    names = [n.strip() for n in env.get("GATEWAY_SERVICES", "service1,service2").split(",")]
+    seen: set[str] = set()
+    for service in names:
+        if not service:
+            continue
+        if not _NAME_RE.match(service):
+            raise ConfigError(
+                f"GATEWAY_SERVICES: {service!r} is not a valid service name"
+                " (lower-case letters, digits, '-' and '_')"
+            )
+        if service in RESERVED_NAMES:
+            raise ConfigError(f"GATEWAY_SERVICES: {service!r} is reserved for the gateway's own endpoints")
+        if service in seen:
+            raise ConfigError(f"GATEWAY_SERVICES: {service!r} is listed twice")
+        seen.add(service)
+        var = env_var_for(service)
+        upstream = parse_upstream(var, env.get(var, f"http://{service}:8000"), allow_path=False)
+        routes.append(
+            Route(
+                name=service,
+                prefix=f"/api/{service}",
+                upstream=upstream,
+                strip_to=b"/api",
+                connect_timeout_s=connect_timeout_s,
+                upstream_timeout_s=upstream_timeout_s,
+                max_body_bytes=max_body_bytes,
+            )
+        )
+
+    config_path = env.get("GATEWAY_CONFIG") or None
+    if config_path:
+        routes = merge_routes(
+            routes,
+            load_routes_file(config_path, connect_timeout_s, upstream_timeout_s, max_body_bytes),
+        )
+
+    return Config(
+        host=env.get("GATEWAY_HOST", "0.0.0.0").strip() or "0.0.0.0",
+        port=port,
+        routes=tuple(routes),
+        connect_timeout_s=connect_timeout_s,
+        upstream_timeout_s=upstream_timeout_s,
+        max_body_bytes=max_body_bytes,
+        max_header_bytes=_integer(env, "GATEWAY_MAX_HEADER_BYTES", 65536, minimum=1024),
+        pool_max_connections=_integer(env, "GATEWAY_POOL_MAX_CONNECTIONS", 100, minimum=1),
+        pool_timeout_s=_number(env, "GATEWAY_POOL_TIMEOUT", 5.0),
+        pool_idle_timeout_s=_number(env, "GATEWAY_POOL_IDLE_TIMEOUT", DEFAULT_POOL_IDLE_TIMEOUT_S),
+        client_header_timeout_s=_number(env, "GATEWAY_CLIENT_HEADER_TIMEOUT", 10.0, positive=True),
+        keepalive_timeout_s=_number(env, "GATEWAY_KEEPALIVE_TIMEOUT", 75.0),
+        max_connections=_integer(env, "GATEWAY_MAX_CONNECTIONS", 20000, minimum=1),
+        drain_delay_s=_number(env, "GATEWAY_DRAIN_DELAY", 0.0),
+        shutdown_timeout_s=_number(env, "GATEWAY_SHUTDOWN_TIMEOUT", 30.0),
+        trusted_proxies=_parse_cidrs(
+            "GATEWAY_TRUSTED_PROXIES", env.get("GATEWAY_TRUSTED_PROXIES", "127.0.0.1/8,::1")
+        ),
+        workers=workers,
+        config_path=config_path,
+        access_log=_flag(env, "GATEWAY_ACCESS_LOG", True),
+        log_level=log_level,
+        recent_size=_integer(env, "GATEWAY_RECENT_SIZE", 100),
+        server_timing=_flag(env, "GATEWAY_SERVER_TIMING", False),
+        rewrite_location=_flag(env, "GATEWAY_REWRITE_LOCATION", False),
+    )
+
+
+def merge_routes(env_routes: list[Route], file_routes: list[Route]) -> list[Route]:
+    """File routes win over an environment service with the same prefix."""
+    by_prefix = {r.prefix: r for r in env_routes}
+    for route in file_routes:
+        by_prefix[route.prefix] = route
+    return list(by_prefix.values())
+
+
+def load_routes_file(
+    path: str, connect_timeout_s: float, upstream_timeout_s: float, max_body_bytes: int
+) -> list[Route]:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"GATEWAY_CONFIG={path!r}: cannot read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"GATEWAY_CONFIG={path!r}: {exc}") from None
+    unknown = set(data) - {"route"}
+    if unknown:
+        raise ConfigError(f"GATEWAY_CONFIG={path!r}: unknown table(s) {', '.join(sorted(unknown))}")
+    entries = data.get("route", [])
+    if not isinstance(entries, list):
+        raise ConfigError(f"GATEWAY_CONFIG={path!r}: 'route' must be an array of tables ([[route]])")
+    routes: list[Route] = []
+    seen: set[str] = set()
+    allowed = {"prefix", "upstream", "name", "connect_timeout", "upstream_timeout", "max_body_bytes"}
+    for index, entry in enumerate(entries, start=1):
+        where = f"GATEWAY_CONFIG={path!r}: route #{index}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: must be a table")
+        extra = set(entry) - allowed
+        if extra:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(extra))}")
+        prefix = entry.get("prefix")
+        if not isinstance(prefix, str) or not prefix.startswith("/") or prefix == "/":
+            raise ConfigError(f"{where}: 'prefix' must be a path like \"/api/billing\"")
+        prefix = prefix.rstrip("/")
+        segments = prefix.split("/")[1:]
+        if not all(_PREFIX_SEGMENT_RE.match(s) for s in segments):
+            raise ConfigError(f"{where}: 'prefix' {prefix!r} has an empty or invalid segment")
+        if segments[0] == "health" or segments[:2] == ["api", "gateway"]:
+            raise ConfigError(f"{where}: 'prefix' {prefix!r} is reserved for the gateway's own endpoints")
+        if prefix in seen:
+            raise ConfigError(f"{where}: 'prefix' {prefix!r} is declared twice")
+        seen.add(prefix)
+        raw_url = entry.get("upstream")
+        if not isinstance(raw_url, str):
+            raise ConfigError(f"{where}: 'upstream' must be a URL string")
+        upstream = parse_upstream(f"{where} upstream", raw_url, allow_path=True)
+        name = entry.get("name", segments[-1])
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where}: 'name' must be a non-empty string")
+        routes.append(
+            Route(
+                name=name,
+                prefix=prefix,
+                upstream=upstream,
+                strip_to=upstream.base_path,
+                connect_timeout_s=_file_number(entry, "connect_timeout", connect_timeout_s, where),
+                upstream_timeout_s=_file_number(entry, "upstream_timeout", upstream_timeout_s, where),
+                max_body_bytes=int(_file_number(entry, "max_body_bytes", max_body_bytes, where, integer=True)),
+            )
+        )
+    return routes
+
+
+def _file_number(entry: dict[str, object], key: str, default: float, where: str, *, integer: bool = False) -> float:
+    value = entry.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
+        raise ConfigError(f"{where}: {key!r} must be a {'whole ' if integer else ''}number")
+    if not math.isfinite(value) or value < 0 or (not integer and value == 0):
+        raise ConfigError(f"{where}: {key!r} must be {'non-negative' if integer else 'positive'}")
+    return value

@@ -1,0 +1,118 @@
+"""The gateway's own error responses: one exception tree, one JSON shape.
+
+Every response the gateway makes itself is
+``{"error": code, "message": text, "status": int, "request_id": id}``
+(CONTRACT.md, Errors). Exceptions carry ``status`` and ``code`` the way h11's
+``RemoteProtocolError`` carries ``error_status_hint``; the table below *is*
+the contract's table. No asyncio here.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+
+class GatewayError(Exception):
+    status: int = 500
+    code: str = "internal_error"
+    default_message: str = "internal gateway error"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.default_message)
+        self.message = message or self.default_message
+
+
+class BadRequest(GatewayError):
+    status, code, default_message = 400, "bad_request", "malformed request"
+
+
+class NotFound(GatewayError):
+    status, code, default_message = 404, "not_found", "no route for this path"
+
+
+class MethodNotAllowed(GatewayError):
+    status, code, default_message = 405, "method_not_allowed", "method not allowed"
+
+
+class RequestTimeout(GatewayError):
+    status, code, default_message = 408, "request_timeout", "request head not received in time"
+
+
+class PayloadTooLarge(GatewayError):
+    status, code, default_message = 413, "payload_too_large", "request body too large"
+
+
+class HeaderTooLarge(GatewayError):
+    status = 431
+    code = "request_header_fields_too_large"
+    default_message = "request head too large"
+
+
+class BadGateway(GatewayError):
+    status, code, default_message = 502, "bad_gateway", "upstream error"
+
+
+class ServiceUnavailable(GatewayError):
+    status, code, default_message = 503, "service_unavailable", "service unavailable"
+
+
+class GatewayTimeout(GatewayError):
+    status, code, default_message = 504, "gateway_timeout", "upstream timed out"
+
+
+# Upstream failures, kept apart the way httpcore keeps ConnectTimeout,
+# ReadTimeout and PoolTimeout apart, so logs and retries can tell them apart.
+class ConnectFailed(BadGateway):
+    """Refused, unreachable or unresolvable: nothing was sent."""
+
+
+class UpstreamClosed(BadGateway):
+    """The backend closed or reset the connection before a complete response."""
+
+    def __init__(self, message: str | None = None, *, response_started: bool = False) -> None:
+        super().__init__(message or "upstream closed the connection")
+        self.response_started = response_started
+
+
+class UpstreamProtocolError(BadGateway):
+    default_message = "invalid response from upstream"
+
+
+class ConnectTimeout(GatewayTimeout):
+    default_message = "timed out connecting to upstream"
+
+
+class ReadTimeout(GatewayTimeout):
+    default_message = "timed out waiting for upstream"
+
+
+class PoolTimeout(ServiceUnavailable):
+    default_message = "no upstream connection available in time"
+
+
+class ClientGone(Exception):
+    """The client closed its connection; nothing more can be sent to it."""
+
+
+_STATUS_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "payload_too_large",
+    431: "request_header_fields_too_large",
+    502: "bad_gateway",
+    503: "service_unavailable",
+    504: "gateway_timeout",
+}
+
+
+def code_for_status(status: int) -> str:
+    """The contract's error code for a status (h11's error_status_hint)."""
+    return _STATUS_CODES.get(status, "bad_request" if 400 <= status < 500 else "internal_error")
+
+
+def error_body(status: int, code: str, message: str, request_id: str, **extra: object) -> bytes:
+    return orjson.dumps(
+        {"error": code, "message": message, "status": status, "request_id": request_id, **extra}
+    )

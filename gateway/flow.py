@@ -1,0 +1,155 @@
+"""An asyncio Protocol that feeds one h11 connection, with flow control both ways.
+
+The base of both sides: ``protocol.ClientConnection`` (h11 SERVER) and
+``upstream.UpstreamConnection`` (h11 CLIENT). As in uvicorn's
+``flow_control.py``: reading pauses while more than ``HIGH_WATER`` bytes wait
+to be parsed, writing waits for ``resume_writing`` (``drain``), and
+``connection_lost`` wakes every waiter so nobody hangs on a dead socket.
+Bytes are handed to h11 only when it asks (``NEED_DATA``), so memory per
+connection is bounded by ``HIGH_WATER`` plus one read, whatever the body size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import h11
+
+HIGH_WATER = 256 * 1024
+
+
+class StreamClosed(Exception):
+    """The peer went away (reset, or closed before we were done)."""
+
+
+class H11Protocol(asyncio.Protocol):
+    def __init__(self, conn: h11.Connection) -> None:
+        self.h11 = conn
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.closed = False  # connection_lost was called
+        self.eof = False  # the peer half-closed (or closed)
+        self.bytes_received = 0
+        self._buffer = bytearray()  # received, not yet fed to h11
+        self._fed_eof = False
+        self._reading_paused = False
+        self._writing_paused = False
+        self._data_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+
+    # --- asyncio.Protocol -------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_received += len(data)
+        self._buffer += data
+        if len(self._buffer) >= HIGH_WATER and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake_reader()
+        return True  # keep the write side open: a half-closed peer still gets its answer
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.eof = True
+        self._wake_reader()
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- reading ----------------------------------------------------------
+    def _wake_reader(self) -> None:
+        waiter = self._data_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def next_event(self) -> Any:
+        """The next h11 event without waiting: an event, ``NEED_DATA`` or ``PAUSED``.
+
+        Raises h11.RemoteProtocolError on bad input from the peer.
+        """
+        conn = self.h11
+        while True:
+            event = conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            if self._buffer:
+                conn.receive_data(self._buffer)  # h11 copies it into its own buffer
+                self._buffer.clear()
+                if self._reading_paused and not self.closed:
+                    self._reading_paused = False
+                    self.transport.resume_reading()
+            elif self.eof and not self._fed_eof:
+                self._fed_eof = True
+                conn.receive_data(b"")
+            else:
+                return event
+
+    async def wait_for_data(self) -> None:
+        """Return when more bytes (or EOF) arrived; callers bound it with a timeout."""
+        if self._buffer or (self.eof and not self._fed_eof):
+            return
+        if self._fed_eof:
+            raise StreamClosed("peer closed the connection")
+        waiter = asyncio.get_running_loop().create_future()
+        self._data_waiter = waiter
+        try:
+            await waiter
+        finally:
+            self._data_waiter = None
+
+    async def receive_event(self) -> Any:
+        while True:
+            event = self.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            await self.wait_for_data()
+
+    def discard_input(self) -> None:
+        """Drop what was received and not parsed (lingering close)."""
+        self._buffer.clear()
+        if self._reading_paused and not self.closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    @property
+    def has_buffered_data(self) -> bool:
+        return bool(self._buffer)
+
+    # --- writing ----------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            raise StreamClosed("connection closed")
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self.closed:
+            raise StreamClosed("connection closed")
+        if not self._writing_paused:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._drain_waiter = waiter
+        try:
+            await waiter
+        finally:
+            self._drain_waiter = None
+        if self.closed:
+            raise StreamClosed("connection closed")
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()

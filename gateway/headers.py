@@ -1,0 +1,147 @@
+"""Header rules for both directions: pure functions on lists of byte pairs.
+
+Follows Go's ``net/http/httputil/reverseproxy.go``: hop-by-hop headers and
+every name listed in ``Connection`` are dropped (RFC 9110 7.6.1), the message
+is re-framed, ``X-Forwarded-For`` is appended to with ``", "``. Order, case
+and duplicates of everything else are kept: headers stay a list of tuples,
+never a dict. No asyncio here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+
+Header = tuple[bytes, bytes]
+# (raw name, lower-case name, value): the shape of h11's parsed headers.
+FullHeader = tuple[bytes, bytes, bytes]
+
+# RFC 9110 7.6.1, plus Proxy-Connection (non-standard, still sent) and the
+# ones Go's reverseproxy lists. Transfer-Encoding is re-framed, never copied.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Set by the gateway itself on the way up; the client's copies are dropped
+# (or, from a trusted proxy, merged) so they can't be spoofed.
+_FORWARDED = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-prefix", b"x-request-id"}
+)
+_REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._:+=/-]{1,128}\Z")
+
+
+def full_items(headers: object) -> list[FullHeader]:
+    """h11 ``Headers`` as (raw, lower, value) triples without re-lowering.
+
+    ``_full_items`` has been h11's storage since 0.10; ``raw_items()`` would
+    cost a ``lower()`` per header on the hot path.
+    """
+    return headers._full_items  # type: ignore[attr-defined,no-any-return]
+
+
+def connection_tokens(items: Iterable[FullHeader]) -> set[bytes]:
+    tokens: set[bytes] = set()
+    for _, name, value in items:
+        if name == b"connection":
+            for token in value.split(b","):
+                token = token.strip().lower()
+                if token:
+                    tokens.add(token)
+    return tokens
+
+
+def valid_request_id(value: bytes) -> bool:
+    return _REQUEST_ID_RE.match(value) is not None
+
+
+def new_request_id() -> bytes:
+    return os.urandom(16).hex().encode("ascii")
+
+
+def request_id_of(items: Iterable[FullHeader]) -> bytes:
+    """The client's X-Request-ID when it is 1-128 chars of ``A-Za-z0-9._:+=/-``, else a new one."""
+    for _, name, value in items:
+        if name == b"x-request-id":
+            return value if valid_request_id(value) else new_request_id()
+    return new_request_id()
+
+
+def upstream_request_headers(
+    items: Sequence[FullHeader],
+    *,
+    client_ip: bytes,
+    trusted: bool,
+    prefix: bytes,
+    request_id: bytes,
+    chunked: bool,
+    default_host: bytes,
+) -> list[Header]:
+    """Headers to send upstream for one request.
+
+    ``chunked``: the client's body was chunked, so we send it chunked too
+    (h11 frames responses itself, but not requests). A Content-Length from
+    the client (h11 already checked it is single and valid) stays in place.
+    ``default_host`` is used only when an HTTP/1.0 client sent no Host.
+    """
+    drop = connection_tokens(items) if any(n == b"connection" for _, n, _ in items) else set()
+    out: list[Header] = []
+    prior_xff: list[bytes] = []
+    proto: bytes | None = None
+    fwd_host: bytes | None = None
+    host: bytes | None = None
+    for raw, name, value in items:
+        if name in HOP_BY_HOP or name in drop:
+            continue
+        if name in _FORWARDED:
+            if trusted:
+                if name == b"x-forwarded-for":
+                    prior_xff.append(value)
+                elif name == b"x-forwarded-proto" and proto is None:
+                    proto = value
+                elif name == b"x-forwarded-host" and fwd_host is None:
+                    fwd_host = value
+            continue
+        if name == b"expect":
+            continue  # answered by the gateway (CONTRACT.md, Forwarding)
+        if name == b"host":
+            host = value
+        out.append((raw, value))
+    if host is None:
+        host = default_host
+        out.insert(0, (b"Host", host))
+    if chunked:
+        out.append((b"Transfer-Encoding", b"chunked"))
+    xff = b", ".join([*prior_xff, client_ip]) if prior_xff else client_ip
+    out.append((b"X-Forwarded-For", xff))
+    out.append((b"X-Forwarded-Proto", proto or b"http"))
+    out.append((b"X-Forwarded-Host", fwd_host or host))
+    out.append((b"X-Forwarded-Prefix", prefix))
+    out.append((b"X-Request-ID", request_id))
+    return out
+
+
+def client_response_headers(items: Sequence[FullHeader], request_id: bytes) -> list[Header]:
+    """The backend's response headers for the client, hop-by-hop removed.
+
+    Content-Length stays (h11 checks the body against it); Transfer-Encoding
+    goes and h11 re-frames: chunked for HTTP/1.1 clients, close-delimited for
+    HTTP/1.0. The backend's own X-Request-ID is replaced by ours.
+    """
+    drop = connection_tokens(items) if any(n == b"connection" for _, n, _ in items) else set()
+    out = [
+        (raw, value)
+        for raw, name, value in items
+        if name not in HOP_BY_HOP and name not in drop and name != b"x-request-id"
+    ]
+    out.append((b"X-Request-ID", request_id))
+    return out

@@ -1,0 +1,266 @@
+"""ClientConnection: the h11 SERVER side of one client connection.
+
+One task per connection reads request heads and answers them in order, so
+keep-alive and pipelined requests are served one after another (h11 pauses
+on a pipelined request until ``start_next_cycle``). Limits: the request head
+must arrive within ``GATEWAY_CLIENT_HEADER_TIMEOUT`` (else 408) and fit in
+``GATEWAY_MAX_HEADER_BYTES`` (else 431); an idle keep-alive connection is
+closed after ``GATEWAY_KEEPALIVE_TIMEOUT``. Errors are sent only while h11
+says a response can still start (h11's ``examples/trio-server.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+import h11
+
+from gateway import admin
+from gateway.accesslog import Record
+from gateway.errors import (
+    BadRequest,
+    ClientGone,
+    GatewayError,
+    HeaderTooLarge,
+    NotFound,
+    RequestTimeout,
+    error_body,
+)
+from gateway.flow import H11Protocol, StreamClosed
+from gateway.headers import Header, full_items, new_request_id, request_id_of
+from gateway.relay import proxy
+
+if TYPE_CHECKING:
+    from gateway.server import Gateway
+
+REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+_CAN_RESPOND = (h11.IDLE, h11.SEND_RESPONSE)
+# After an error response with the request body unread, keep reading (and
+# dropping) for a moment before closing, so the client reads our response
+# instead of a reset (nginx's lingering_close).
+LINGER_S = 2.0
+JSON = b"application/json"
+
+
+class ClientConnection(H11Protocol):
+    def __init__(self, gw: Gateway) -> None:
+        super().__init__(h11.Connection(h11.SERVER, max_incomplete_event_size=gw.config.max_header_bytes))
+        self.gw = gw
+        self.task: asyncio.Task[None] | None = None
+        self.in_flight = False
+        self.client_ip = ""
+        self.client_ip_bytes = b""
+        self.trusted = False
+        self.cycles = 0
+        self._head_deadline = 0.0
+
+    # --- asyncio.Protocol -------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        gw = self.gw
+        if len(gw.connections) >= gw.config.max_connections:
+            transport.close()  # over GATEWAY_MAX_CONNECTIONS: closed at once
+            return
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if isinstance(peer, tuple) else "unix"
+        self.client_ip_bytes = self.client_ip.encode("ascii", "replace")
+        self.trusted = gw.is_trusted(self.client_ip)
+        gw.connections.add(self)
+        loop = asyncio.get_running_loop()
+        self._head_deadline = loop.time() + gw.config.client_header_timeout_s
+        self.task = loop.create_task(self.run())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.gw.connections.discard(self)
+        if self.in_flight and self.task is not None:
+            # The client is gone: stop waiting on its behalf (nginx's default,
+            # proxy_ignore_client_abort off).
+            self.task.cancel()
+
+    # --- the connection's life ----------------------------------------------
+    async def run(self) -> None:
+        try:
+            while True:
+                request = await self._read_head()
+                if request is None:
+                    break
+                await self._handle(request)
+                if not self._next_cycle():
+                    break
+            if not self.closed and self.h11.their_state is h11.SEND_BODY:
+                await self._linger()
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # a bug: log it, never let it reach the loop silently
+            self.gw.log.event("error", "connection_error", error=repr(exc), traceback=traceback.format_exc())
+        finally:
+            if not self.closed:
+                self.transport.close()
+
+    def shutdown(self) -> None:
+        """Drain: idle connections close now; busy ones finish with Connection: close."""
+        if not self.in_flight and not self.closed:
+            self.transport.close()
+
+    async def _read_head(self) -> h11.Request | None:
+        cfg = self.gw.config
+        loop = asyncio.get_running_loop()
+        try:
+            event = self.next_event()
+            if event is h11.NEED_DATA and self.cycles:
+                # Between requests: wait for a first byte up to the keep-alive timeout.
+                if self.gw.draining:
+                    return None
+                try:
+                    async with asyncio.timeout(cfg.keepalive_timeout_s):
+                        await self.wait_for_data()
+                except (TimeoutError, StreamClosed):
+                    return None
+                self._head_deadline = loop.time() + cfg.client_header_timeout_s
+            if event is h11.NEED_DATA:
+                try:
+                    async with asyncio.timeout_at(self._head_deadline):
+                        event = await self.receive_event()
+                except TimeoutError:
+                    if self.has_buffered_data or self.h11.trailing_data[0]:
+                        self._respond_error(RequestTimeout(), None, None)
+                    return None
+                except StreamClosed:
+                    return None
+        except h11.RemoteProtocolError as exc:
+            error = HeaderTooLarge() if exc.error_status_hint == 431 else BadRequest(f"malformed request: {exc}")
+            self._respond_error(error, None, None)
+            return None
+        if type(event) is h11.Request:
+            return event
+        return None  # ConnectionClosed
+
+    async def _handle(self, request: h11.Request) -> None:
+        gw = self.gw
+        rec = Record(self.client_ip, request.method, request.target, request_id_of(full_items(request.headers)))
+        self.in_flight = True
+        gw.metrics.in_flight += 1
+        try:
+            if request.target[:1] != b"/":
+                raise BadRequest("request target must be a path (origin-form)")
+            match = gw.router.match(request.target)
+            if match is None:
+                raise NotFound(f"no route for {rec.path.split('?', 1)[0]}")
+            if match.endpoint is not None:
+                status, content_type, body = admin.serve(gw, match.endpoint, request.method)
+                self.respond(status, content_type, body, rec, request.method)
+            else:
+                route = match.route
+                assert route is not None
+                rec.service = route.name
+                rec.upstream = route.upstream.origin + match.upstream_target.decode("latin-1")
+                await proxy(self, request, match, rec)
+        except GatewayError as exc:
+            rec.error = exc.code
+            rec.message = exc.message
+            if not rec.response_started and self.h11.our_state in _CAN_RESPOND:
+                self._respond_error(exc, rec, request.method)
+            else:
+                self.abort()  # mid-response: a truncated body must not look complete
+        except (StreamClosed, ClientGone, TimeoutError):
+            rec.error = "client_closed"
+            rec.status = rec.status or 499
+            self.abort()
+        except asyncio.CancelledError:
+            rec.error = "client_closed"
+            rec.status = rec.status or 499
+            raise
+        except Exception as exc:  # a bug: answer 500 if we still can, and say so
+            gw.log.event("error", "request_error", request_id=rec.request_id, error=repr(exc),
+                         traceback=traceback.format_exc())
+            rec.error = "internal_error"
+            if not rec.response_started and self.h11.our_state in _CAN_RESPOND:
+                error = GatewayError("internal gateway error")
+                self._respond_error(error, rec, request.method)
+            else:
+                self.abort()
+        finally:
+            self.in_flight = False
+            gw.metrics.in_flight -= 1
+            gw.record(rec)
+
+    def _next_cycle(self) -> bool:
+        conn = self.h11
+        if self.closed or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+            return False
+        conn.start_next_cycle()
+        self.cycles += 1
+        return True
+
+    async def _linger(self) -> None:
+        """Half-close, then drop input for a moment, so the client reads our answer."""
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        try:
+            async with asyncio.timeout(LINGER_S):
+                while not self.eof:
+                    self.discard_input()
+                    await self.wait_for_data()
+        except (TimeoutError, StreamClosed):
+            pass
+
+    # --- the request body -------------------------------------------------
+    def finish_empty_body(self) -> bool:
+        """Consume what is already buffered of the request body; True when it ended.
+
+        For a request without a body h11 still wants its EndOfMessage read.
+        """
+        conn = self.h11
+        while conn.their_state is h11.SEND_BODY:
+            try:
+                event = self.next_event()
+            except h11.RemoteProtocolError:
+                return False
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return False
+        return conn.their_state is h11.DONE
+
+    # --- responses the gateway makes itself -------------------------------
+    def add_response_headers(self, headers: list[Header], rec: Record) -> None:
+        if self.gw.draining:
+            headers.append((b"Connection", b"close"))
+
+    def respond(self, status: int, content_type: bytes, body: bytes, rec: Record, method: bytes) -> None:
+        headers = [
+            (b"Content-Type", content_type),
+            (b"Content-Length", str(len(body)).encode("ascii")),
+            (b"X-Request-ID", rec.request_id_bytes),
+        ]
+        if self.gw.draining or not self.finish_empty_body():
+            headers.append((b"Connection", b"close"))
+        conn = self.h11
+        data = conn.send(h11.Response(status_code=status, headers=headers, reason=REASONS.get(status, b"")))
+        if method != b"HEAD" and body:
+            data += conn.send(h11.Data(data=body))
+            rec.bytes_out = len(body)
+        data += conn.send(h11.EndOfMessage())
+        rec.status = status
+        rec.response_started = True
+        self.write(data)
+
+    def _respond_error(self, error: GatewayError, rec: Record | None, method: bytes | None) -> None:
+        if rec is None:
+            # No request line to log against (bad head, 408, 431): still one access-log line.
+            rec = Record(self.client_ip, b"-", b"-", new_request_id())
+            rec.error = error.code
+            rec.message = error.message
+            try:
+                self._send_error(error, rec, b"GET")
+            except (h11.LocalProtocolError, StreamClosed):
+                pass
+            self.gw.record(rec)
+            return
+        self._send_error(error, rec, method or b"GET")
+
+    def _send_error(self, error: GatewayError, rec: Record, method: bytes) -> None:
+        body = error_body(error.status, error.code, error.message, rec.request_id)
+        self.respond(error.status, JSON, body, rec, method)

@@ -1,0 +1,260 @@
+"""proxy(): the only place body bytes cross between a client and a backend.
+
+One request: check the framing and the body limit, take a pooled connection,
+send the head, stream the request body up (a task, so an early response or
+a 413 is seen at once), wait for the response head, stream the body down
+with backpressure on both sides. Both h11 sides DONE: the connection goes
+back to the pool; anything else: it is closed. Errors before the first
+response byte become the contract's JSON errors; after it, the client
+connection is closed so a truncated body never looks complete (Go's
+``ErrAbortHandler``, uvicorn's ``response_started``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+import h11
+
+from gateway.api import Match
+from gateway.errors import (
+    BadRequest,
+    ClientGone,
+    GatewayError,
+    PayloadTooLarge,
+    ReadTimeout,
+    RequestTimeout,
+    UpstreamClosed,
+)
+from gateway.flow import StreamClosed
+from gateway.headers import client_response_headers, full_items, upstream_request_headers
+from gateway.upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from gateway.accesslog import Record
+    from gateway.protocol import ClientConnection
+
+# RFC 9110 9.2.2. Only these may go out twice, and only when nothing of the
+# response came back (Go's transport.go shouldRetryRequest).
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+
+def request_framing(request: h11.Request) -> tuple[int | None, bool]:
+    """(Content-Length or None, chunked). Both at once is a smuggling vector: 400.
+
+    RFC 9112 6.3: a message with both "ought to be handled as an error"; a
+    proxy that forwarded either reading would desync from the next hop.
+    """
+    length: int | None = None
+    chunked = False
+    for _, name, value in full_items(request.headers):
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = True
+    if chunked and length is not None:
+        raise BadRequest("request has both Content-Length and Transfer-Encoding")
+    return length, chunked
+
+
+async def proxy(client: ClientConnection, request: h11.Request, match: Match, rec: Record) -> None:
+    gw = client.gw
+    route = match.route
+    assert route is not None
+    length, chunked = request_framing(request)
+    limit = route.max_body_bytes
+    if limit and length is not None and length > limit:
+        raise PayloadTooLarge(f"request body of {length} bytes is over the limit of {limit} bytes")
+    has_body = chunked or bool(length)
+    if not has_body:
+        client.finish_empty_body()
+
+    headers = upstream_request_headers(
+        full_items(request.headers),
+        client_ip=client.client_ip_bytes,
+        trusted=client.trusted,
+        prefix=route.prefix.encode("ascii"),
+        request_id=rec.request_id_bytes,
+        chunked=chunked,
+        default_host=f"{route.upstream.host}:{route.upstream.port}".encode("ascii"),
+    )
+    head = h11.Request(method=request.method, target=match.upstream_target, headers=headers)
+    pool = gw.pools[route.name]
+    timeout_s = route.upstream_timeout_s
+    retry_allowed = not has_body and request.method in IDEMPOTENT
+
+    fresh = False
+    while True:
+        conn = await pool.acquire(route.connect_timeout_s, fresh=fresh)
+        try:
+            await _exchange(client, conn, head, has_body, limit, timeout_s, request, rec)
+        except UpstreamClosed:
+            conn.abort()
+            pool.discard(conn)
+            # A pooled connection the backend closed just as we reused it: no
+            # byte came back and the request is idempotent with no body, so it
+            # goes out again, once, on a new connection (CONTRACT.md, Forwarding).
+            if retry_allowed and not fresh and conn.reused and conn.bytes_received == 0:
+                fresh = True
+                rec.retries += 1
+                continue
+            raise
+        except BaseException:
+            conn.abort()
+            pool.discard(conn)
+            raise
+        pool.release(conn)
+        return
+
+
+async def _exchange(
+    client: ClientConnection,
+    conn: UpstreamConnection,
+    head: h11.Request,
+    has_body: bool,
+    limit: int,
+    timeout_s: float,
+    request: h11.Request,
+    rec: Record,
+) -> None:
+    body_task: asyncio.Task[None] | None = None
+    rec.upstream_start = time.perf_counter()
+    try:
+        conn.send_head(head)
+        if has_body:
+            if client.h11.client_is_waiting_for_100_continue:
+                client.write(client.h11.send(h11.InformationalResponse(status_code=100, headers=())))
+            body_task = asyncio.get_running_loop().create_task(_send_body(client, conn, limit, timeout_s, rec))
+        try:
+            async with asyncio.timeout(timeout_s):
+                response = await conn.receive_response()
+        except TimeoutError:
+            _raise_body_error(body_task)
+            raise ReadTimeout(f"no response from upstream within {timeout_s:g}s") from None
+        except GatewayError:
+            _raise_body_error(body_task)
+            raise
+        await _relay_response(client, conn, request, response, timeout_s, rec)
+    finally:
+        rec.upstream_end = time.perf_counter()
+        if body_task is not None and not body_task.done():
+            # An early response (RFC 9110 15.5: e.g. 401 before the upload is
+            # read): the rest of the body is not forwarded; neither connection
+            # can be reused since neither message is complete.
+            body_task.cancel()
+            try:
+                await body_task
+            except BaseException:  # noqa: S110 - its outcome no longer matters
+                pass
+
+
+def _raise_body_error(body_task: asyncio.Task[None] | None) -> None:
+    """If streaming the request body failed, that failure is the real cause."""
+    if body_task is not None and body_task.done() and not body_task.cancelled():
+        exc = body_task.exception()
+        if exc is not None:
+            raise exc
+
+
+async def _send_body(
+    client: ClientConnection, conn: UpstreamConnection, limit: int, timeout_s: float, rec: Record
+) -> None:
+    """Stream the client's body upstream, counting bytes for 413.
+
+    On any failure the upstream connection is aborted so the coroutine
+    waiting for the response wakes up and reports this task's error.
+    """
+    try:
+        total = 0
+        while True:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    event = await client.receive_event()
+            except TimeoutError:
+                raise RequestTimeout(f"client sent no body data for {timeout_s:g}s") from None
+            except h11.RemoteProtocolError as exc:
+                raise BadRequest(f"malformed request body: {exc}") from None
+            except StreamClosed:
+                raise ClientGone() from None
+            kind = type(event)
+            if kind is h11.Data:
+                total += len(event.data)
+                rec.bytes_in = total
+                if limit and total > limit:
+                    raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+                conn.write(conn.h11.send(event))
+                async with asyncio.timeout(timeout_s):
+                    await conn.drain()
+            elif kind is h11.EndOfMessage:
+                conn.write(conn.h11.send(event))
+                return
+            elif kind is h11.ConnectionClosed:
+                raise ClientGone()
+            else:  # pragma: no cover - h11 yields nothing else mid-body
+                raise BadRequest(f"unexpected {kind.__name__} in request body")
+    except (GatewayError, ClientGone, StreamClosed, TimeoutError):
+        conn.abort()
+        raise
+
+
+async def _relay_response(
+    client: ClientConnection,
+    conn: UpstreamConnection,
+    request: h11.Request,
+    response: h11.Response,
+    timeout_s: float,
+    rec: Record,
+) -> None:
+    items = full_items(response.headers)
+    has_te = has_cl = False
+    for _, name, _ in items:
+        if name == b"transfer-encoding":
+            has_te = True
+        elif name == b"content-length":
+            has_cl = True
+    out_headers = client_response_headers(items, rec.request_id_bytes)
+    if has_te and has_cl:
+        # RFC 9112 6.3: Transfer-Encoding wins; the length must not be passed
+        # on, and the connection is not trusted for another request.
+        out_headers = [(n, v) for n, v in out_headers if n.lower() != b"content-length"]
+        conn.reusable = False
+    client.add_response_headers(out_headers, rec)
+    rec.status = response.status_code
+    hconn = client.h11
+    out = [hconn.send(h11.Response(status_code=response.status_code, headers=out_headers, reason=response.reason))]
+    rec.response_started = True
+    sent = 0
+    # Write only when about to wait on the backend: a small response leaves
+    # in one write, a large one in chunks as they arrive (coalesced writes).
+    while True:
+        event = conn.next_event()
+        kind = type(event)
+        if event is h11.NEED_DATA:
+            if out:
+                client.write(b"".join(out))
+                out.clear()
+                async with asyncio.timeout(timeout_s):
+                    await client.drain()
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await conn.wait_for_data()
+            except TimeoutError:
+                raise ReadTimeout(f"upstream sent no body data for {timeout_s:g}s") from None
+            except StreamClosed:
+                raise UpstreamClosed("upstream closed mid-response", response_started=True) from None
+        elif kind is h11.Data:
+            sent += len(event.data)
+            out.append(hconn.send(event))
+        elif kind is h11.EndOfMessage:
+            trailers = event.headers if has_te and request.http_version == b"1.1" else ()
+            out.append(hconn.send(h11.EndOfMessage(headers=trailers)))
+            client.write(b"".join(out))
+            rec.bytes_out = sent
+            return
+        elif kind is h11.ConnectionClosed:
+            raise UpstreamClosed("upstream closed mid-response", response_started=True)
+        else:  # pragma: no cover
+            raise UpstreamClosed(f"unexpected upstream event {kind.__name__}", response_started=True)
+        rec.bytes_out = sent

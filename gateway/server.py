@@ -1,0 +1,182 @@
+"""Bind, serve, drain: the gateway's lifecycle in one worker.
+
+States: starting -> ok -> draining (``/health`` says which). Shutdown runs in
+uvicorn's order: stop accepting, close idle connections, let busy ones
+finish with ``Connection: close`` for up to ``GATEWAY_SHUTDOWN_TIMEOUT``,
+abort what is left. Signals set an ``asyncio.Event`` (``add_signal_handler``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import signal
+import socket
+import time
+
+from gateway import __version__
+from gateway.accesslog import Logger, Record
+from gateway.api import Router
+from gateway.config import Config
+from gateway.metrics import Metrics
+from gateway.pool import Pool
+from gateway.protocol import ClientConnection
+
+SWEEP_INTERVAL_S = 1.0
+
+
+class Gateway:
+    """Everything one worker shares between its connections."""
+
+    def __init__(self, config: Config, log: Logger, worker_id: int = 0) -> None:
+        self.config = config
+        self.log = log
+        self.worker_id = worker_id
+        self.router = Router(config.routes)
+        self.pools = {
+            route.name: Pool(
+                route.upstream,
+                max_connections=config.pool_max_connections,
+                pool_timeout_s=config.pool_timeout_s,
+                idle_timeout_s=config.pool_idle_timeout_s,
+            )
+            for route in config.routes
+        }
+        self.metrics = Metrics([route.name for route in config.routes])
+        self.connections: set[ClientConnection] = set()
+        self.state = "starting"
+        self._trusted: dict[str, bool] = {}
+
+    @property
+    def draining(self) -> bool:
+        return self.state == "draining"
+
+    def is_trusted(self, ip: str) -> bool:
+        trusted = self._trusted.get(ip)
+        if trusted is None:
+            try:
+                addr = ipaddress.ip_address(ip.split("%", 1)[0])
+            except ValueError:
+                trusted = False
+            else:
+                if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+                    addr = addr.ipv4_mapped
+                trusted = any(addr in net for net in self.config.trusted_proxies)
+            if len(self._trusted) > 4096:
+                self._trusted.clear()
+            self._trusted[ip] = trusted
+        return trusted
+
+    def record(self, rec: Record) -> None:
+        now = time.perf_counter()
+        upstream_s = rec.upstream_end - rec.upstream_start if rec.upstream_start else None
+        self.metrics.record(
+            rec.service, rec.method, rec.status, rec.error, now - rec.start, upstream_s,
+            rec.bytes_in, rec.bytes_out, rec.start_wall,
+        )
+        self.log.access(rec)
+
+
+class GatewayServer:
+    """One listening gateway on the running loop; ``start()`` then ``shutdown()``."""
+
+    def __init__(self, config: Config, *, log: Logger | None = None, worker_id: int = 0) -> None:
+        self.config = config
+        self.gw = Gateway(
+            config,
+            log or Logger(access_log=config.access_log, level=config.log_level, recent_size=config.recent_size),
+            worker_id,
+        )
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        if sock is not None:
+            self._server = await loop.create_server(lambda: ClientConnection(self.gw), sock=sock, backlog=4096)
+        else:
+            self._server = await loop.create_server(
+                lambda: ClientConnection(self.gw),
+                cfg.host,
+                cfg.port,
+                backlog=4096,
+                reuse_address=True,
+                reuse_port=cfg.workers > 1 or None,
+            )
+        self._schedule_sweep()
+        self.gw.state = "ok"
+        self.gw.log.event(
+            "info",
+            "started",
+            version=__version__,
+            listen=f"{cfg.host}:{self.port}",
+            worker=self.gw.worker_id,
+            routes=[{"prefix": r.prefix, "service": r.name, "upstream": r.upstream.display} for r in cfg.routes],
+            settings={
+                "connect_timeout_s": cfg.connect_timeout_s,
+                "upstream_timeout_s": cfg.upstream_timeout_s,
+                "max_body_bytes": cfg.max_body_bytes,
+                "max_header_bytes": cfg.max_header_bytes,
+                "pool_max_connections": cfg.pool_max_connections,
+                "pool_timeout_s": cfg.pool_timeout_s,
+                "pool_idle_timeout_s": cfg.pool_idle_timeout_s,
+                "client_header_timeout_s": cfg.client_header_timeout_s,
+                "keepalive_timeout_s": cfg.keepalive_timeout_s,
+                "max_connections": cfg.max_connections,
+            },
+        )
+
+    def _schedule_sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def sweep() -> None:
+            now = loop.time()
+            for pool in self.gw.pools.values():
+                pool.sweep(now)
+            self._sweeper = loop.call_later(SWEEP_INTERVAL_S, sweep)
+
+        self._sweeper = loop.call_later(SWEEP_INTERVAL_S, sweep)
+
+    async def shutdown(self) -> None:
+        gw = self.gw
+        cfg = self.config
+        gw.state = "draining"
+        gw.log.event("info", "draining", drain_delay_s=cfg.drain_delay_s, worker=gw.worker_id)
+        if cfg.drain_delay_s:
+            await asyncio.sleep(cfg.drain_delay_s)
+        if self._server is not None:
+            self._server.close()
+        for conn in list(gw.connections):
+            conn.shutdown()
+        deadline = asyncio.get_running_loop().time() + cfg.shutdown_timeout_s
+        while gw.connections and asyncio.get_running_loop().time() < deadline:
+            for conn in list(gw.connections):
+                conn.shutdown()  # a connection that finished its request is idle now
+            await asyncio.sleep(0.05)
+        left = len(gw.connections)
+        for conn in list(gw.connections):
+            conn.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for pool in gw.pools.values():
+            pool.close()
+        gw.log.event("info", "stopped", aborted_connections=left, worker=gw.worker_id)
+        gw.log.flush()
+
+
+async def serve(config: Config, *, worker_id: int = 0, sock: socket.socket | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain and return."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = GatewayServer(config, worker_id=worker_id)
+    await server.start(sock)
+    await stop.wait()
+    await server.shutdown()
