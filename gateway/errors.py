@@ -16,6 +16,7 @@ class GatewayError(Exception):
     status: int = 500
     code: str = "internal_error"
     default_message: str = "internal gateway error"
+    headers: tuple[tuple[bytes, bytes], ...] = ()  # extra response headers
 
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or self.default_message)
@@ -32,6 +33,7 @@ class NotFound(GatewayError):
 
 class MethodNotAllowed(GatewayError):
     status, code, default_message = 405, "method_not_allowed", "method not allowed"
+    headers = ((b"Allow", b"GET, HEAD"),)  # RFC 9110 15.5.6: a 405 MUST list them
 
 
 class RequestTimeout(GatewayError):

@@ -91,8 +91,8 @@ class ClientConnection(H11Protocol):
                 await self._handle(request)
                 if not self._next_cycle():
                     break
-            if not self.closed and self.h11.their_state is h11.SEND_BODY:
-                await self._linger()
+            if not self.closed and (self.h11.their_state in (h11.SEND_BODY, h11.ERROR) or self.has_buffered_data):
+                await self._linger()  # unread input: let the client read our answer first
         except asyncio.CancelledError:
             pass
         except Exception as exc:  # a bug: log it, never let it reach the loop silently
@@ -229,11 +229,20 @@ class ClientConnection(H11Protocol):
         if self.gw.draining:
             headers.append((b"Connection", b"close"))
 
-    def respond(self, status: int, content_type: bytes, body: bytes, rec: Record, method: bytes) -> None:
+    def respond(
+        self,
+        status: int,
+        content_type: bytes,
+        body: bytes,
+        rec: Record,
+        method: bytes,
+        extra: tuple[Header, ...] = (),
+    ) -> None:
         headers = [
             (b"Content-Type", content_type),
             (b"Content-Length", str(len(body)).encode("ascii")),
             (b"X-Request-ID", rec.request_id_bytes),
+            *extra,
         ]
         if self.gw.draining or not self.finish_empty_body():
             headers.append((b"Connection", b"close"))
@@ -263,4 +272,4 @@ class ClientConnection(H11Protocol):
 
     def _send_error(self, error: GatewayError, rec: Record, method: bytes) -> None:
         body = error_body(error.status, error.code, error.message, rec.request_id)
-        self.respond(error.status, JSON, body, rec, method)
+        self.respond(error.status, JSON, body, rec, method, error.headers)

@@ -122,7 +122,7 @@ async def _exchange(
     body_task: asyncio.Task[None] | None = None
     rec.upstream_start = time.perf_counter()
     try:
-        conn.send_head(head)
+        conn.send_head(head, end=not has_body)
         if has_body:
             if client.h11.client_is_waiting_for_100_continue:
                 client.write(client.h11.send(h11.InformationalResponse(status_code=100, headers=())))

@@ -70,11 +70,15 @@ class UpstreamConnection(H11Protocol):
             and conn.their_state is h11.DONE
         )
 
-    def send_head(self, request: h11.Request) -> None:
+    def send_head(self, request: h11.Request, *, end: bool) -> None:
+        """Write the request head; ``end``: the request has no body (one write for both)."""
         self.requests += 1
         self.bytes_received = 0
         try:
-            self.write(self.h11.send(request))
+            data = self.h11.send(request)
+            if end:
+                data += self.h11.send(h11.EndOfMessage())
+            self.write(data)
         except StreamClosed:
             raise UpstreamClosed("upstream connection closed before the request was sent") from None
 

@@ -1,0 +1,115 @@
+"""The gateway as users run it: a real process (``python -m gateway``) on uvloop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.backends import backend
+from tests.integration.helpers import get_json, request
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def gateway_process(**env: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = _free_port()
+    full_env = {
+        **os.environ,
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_SERVICES": "service1",
+        **env,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway"], cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+                time.sleep(0.05)
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if proc.stdout and not proc.stdout.closed:
+            proc.communicate(timeout=10)
+
+
+def test_process_serves_and_stops_cleanly_on_sigterm() -> None:
+    """`python -m gateway` serves, logs JSON lines, and on SIGTERM exits 0 (CONTRACT.md, Health and lifecycle)."""
+    with backend() as be, gateway_process(SERVICE1_URL=be.url) as (proc, port):
+        status, doc = get_json(port, "/health")
+        assert status == 200 and doc["status"] == "ok"
+        status, doc = get_json(port, "/api/service1/orders")
+        assert status == 200 and doc["target"] == "/api/orders"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0, err
+        lines = [json.loads(line) for line in out.decode().splitlines()]
+        assert lines[0]["event"] == "started"
+        access = [rec for rec in lines if "request_id" in rec]
+        assert [rec["path"] for rec in access] == ["/health", "/api/service1/orders"]
+        assert lines[-1]["event"] == "stopped"
+
+
+def test_sigterm_lets_the_request_in_flight_finish() -> None:
+    """SIGTERM: requests in flight finish (with Connection: close), then exit code 0; no accepted request is dropped."""
+    with backend() as be, gateway_process(SERVICE1_URL=be.url) as (proc, port):
+        result: dict[str, object] = {}
+
+        def slow() -> None:
+            status, headers, body = request(port, "GET", "/api/service1/slow/1")
+            result.update(status=status, connection=headers.get("Connection"), body=body)
+
+        thread = threading.Thread(target=slow)
+        thread.start()
+        time.sleep(0.3)  # the request is in flight at the backend
+        proc.send_signal(signal.SIGTERM)
+        thread.join(10)
+        proc.communicate(timeout=10)
+        assert result["status"] == 200
+        assert result["connection"] == "close"
+        assert proc.returncode == 0
+
+
+def test_health_says_draining_during_drain_delay() -> None:
+    """After SIGTERM /health turns 503 "draining" at once while the gateway still accepts for GATEWAY_DRAIN_DELAY."""
+    with backend() as be, gateway_process(SERVICE1_URL=be.url, GATEWAY_DRAIN_DELAY="1") as (proc, port):
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        status, doc = get_json(port, "/health")
+        assert status == 503 and doc["status"] == "draining"
+        status, _, _ = request(port, "GET", "/api/service1/x")
+        assert status == 200  # still served while draining
+        proc.communicate(timeout=10)
+        assert proc.returncode == 0
+
+
+def test_bad_configuration_exits_2_with_one_line() -> None:
+    """A bad value stops start-up with one clear line naming the variable, exit code 2."""
+    env = {**os.environ, "GATEWAY_UPSTREAM_TIMEOUT": "-1"}
+    proc = subprocess.run([sys.executable, "-m", "gateway"], cwd=ROOT, env=env, capture_output=True, timeout=20)
+    assert proc.returncode == 2
+    lines = proc.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "GATEWAY_UPSTREAM_TIMEOUT" in lines[0]
