@@ -138,25 +138,33 @@ def _parse_cidrs(
     return tuple(nets)
 
 
+_USERINFO_RE = re.compile(r"(?<=://)[^/@]*@")
+
+
+def _redact(raw: str) -> str:
+    return _USERINFO_RE.sub("***@", raw)
+
+
 def parse_upstream(name: str, raw: str, *, allow_path: bool) -> Upstream:
     """Parse a backend URL; ``name`` is the variable (or file key) for errors."""
+    shown = _redact(raw)
     try:
         parts = urlsplit(raw.strip())
         port = parts.port
     except ValueError as exc:
-        raise ConfigError(f"{name}={raw!r}: invalid URL ({exc})") from None
+        raise ConfigError(f"{name}={shown!r}: invalid URL ({exc})") from None
     if parts.scheme != "http":
         if parts.scheme == "https":
-            raise ConfigError(f"{name}={raw!r}: https upstreams are not supported (plain http only)")
-        raise ConfigError(f"{name}={raw!r}: URL needs the http:// scheme")
+            raise ConfigError(f"{name}={shown!r}: https upstreams are not supported (plain http only)")
+        raise ConfigError(f"{name}={shown!r}: URL needs the http:// scheme")
     if not parts.hostname:
-        raise ConfigError(f"{name}={raw!r}: URL has no host")
+        raise ConfigError(f"{name}={shown!r}: URL has no host")
     if parts.query or parts.fragment:
-        raise ConfigError(f"{name}={raw!r}: URL must not have a query or fragment")
+        raise ConfigError(f"{name}={shown!r}: URL must not have a query or fragment")
     path = parts.path.rstrip("/")
     if path and not allow_path:
         raise ConfigError(
-            f"{name}={raw!r}: must be an origin (http://host:port) without a path;"
+            f"{name}={shown!r}: must be an origin (http://host:port) without a path;"
             " use a GATEWAY_CONFIG route for a base path"
         )
     netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
@@ -174,7 +182,7 @@ def parse_upstream(name: str, raw: str, *, allow_path: bool) -> Upstream:
 
 
 def _bad_path(name: str, raw: str) -> bytes:
-    raise ConfigError(f"{name}={raw!r}: URL path must be ASCII (percent-encode it)")
+    raise ConfigError(f"{name}={_redact(raw)!r}: URL path must be ASCII (percent-encode it)")
 
 
 def env_var_for(service: str) -> str:
@@ -199,6 +207,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> Config:
     routes: list[Route] = []
     names = [n.strip() for n in env.get("GATEWAY_SERVICES", "service1,service2").split(",")]
     seen: set[str] = set()
+    seen_vars: dict[str, str] = {}
     for service in names:
         if not service:
             continue
@@ -213,6 +222,9 @@ def from_env(environ: Mapping[str, str] | None = None) -> Config:
             raise ConfigError(f"GATEWAY_SERVICES: {service!r} is listed twice")
         seen.add(service)
         var = env_var_for(service)
+        if var in seen_vars:
+            raise ConfigError(f"GATEWAY_SERVICES: {seen_vars[var]!r} and {service!r} would both read {var}")
+        seen_vars[var] = service
         upstream = parse_upstream(var, env.get(var, f"http://{service}:8000"), allow_path=False)
         routes.append(
             Route(
@@ -267,7 +279,16 @@ def merge_routes(env_routes: list[Route], file_routes: list[Route]) -> list[Rout
     by_prefix = {r.prefix: r for r in env_routes}
     for route in file_routes:
         by_prefix[route.prefix] = route
-    return list(by_prefix.values())
+    merged = list(by_prefix.values())
+    names: dict[str, str] = {}
+    for route in merged:
+        if route.name in names:
+            raise ConfigError(
+                f"GATEWAY_CONFIG: routes {names[route.name]!r} and {route.prefix!r} are both named"
+                f" {route.name!r}; give one a unique 'name'"
+            )
+        names[route.name] = route.prefix
+    return merged
 
 
 def load_routes_file(
@@ -313,8 +334,13 @@ def load_routes_file(
             raise ConfigError(f"{where}: 'upstream' must be a URL string")
         upstream = parse_upstream(f"{where} upstream", raw_url, allow_path=True)
         name = entry.get("name", segments[-1])
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"{where}: 'name' must be a non-empty string")
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ConfigError(
+                f"{where}: name {name!r} is not a valid service name (lower-case letters, digits, '-' and '_');"
+                " set 'name'"
+            )
+        if name in RESERVED_NAMES:
+            raise ConfigError(f"{where}: name {name!r} is reserved for the gateway's own endpoints")
         routes.append(
             Route(
                 name=name,

@@ -60,6 +60,19 @@ def connection_tokens(items: Iterable[FullHeader]) -> set[bytes]:
     return tokens
 
 
+# A Connection header may name any field, but never these: dropping Host or
+# the message's framing would change what the request means (and unframe a
+# body into the next request on the upstream connection).
+_NEVER_DROPPED = frozenset({b"host", b"content-length"})
+
+
+def _connection_drop(items: Sequence[FullHeader]) -> set[bytes] | frozenset[bytes]:
+    for _, name, _ in items:
+        if name == b"connection":
+            return connection_tokens(items) - _NEVER_DROPPED
+    return frozenset()
+
+
 def valid_request_id(value: bytes) -> bool:
     return _REQUEST_ID_RE.match(value) is not None
 
@@ -93,7 +106,7 @@ def upstream_request_headers(
     the client (h11 already checked it is single and valid) stays in place.
     ``default_host`` is used only when an HTTP/1.0 client sent no Host.
     """
-    drop = connection_tokens(items) if any(n == b"connection" for _, n, _ in items) else set()
+    drop = _connection_drop(items)
     out: list[Header] = []
     prior_xff: list[bytes] = []
     proto: bytes | None = None
@@ -137,7 +150,7 @@ def client_response_headers(items: Sequence[FullHeader], request_id: bytes) -> l
     goes and h11 re-frames: chunked for HTTP/1.1 clients, close-delimited for
     HTTP/1.0. The backend's own X-Request-ID is replaced by ours.
     """
-    drop = connection_tokens(items) if any(n == b"connection" for _, n, _ in items) else set()
+    drop = _connection_drop(items)
     out = [
         (raw, value)
         for raw, name, value in items

@@ -38,11 +38,20 @@ if TYPE_CHECKING:
 
 REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 _CAN_RESPOND = (h11.IDLE, h11.SEND_RESPONSE)
+_CLOSE_AFTER = frozenset({400, 408, 413, 431})
 # After an error response with the request body unread, keep reading (and
 # dropping) for a moment before closing, so the client reads our response
 # instead of a reset (nginx's lingering_close).
 LINGER_S = 2.0
 JSON = b"application/json"
+
+
+def _head_size(request: h11.Request) -> int:
+    """Bytes of the request head as sent, give or take optional whitespace."""
+    size = len(request.method) + len(request.target) + 14  # " ", " HTTP/1.1\r\n", final CRLF
+    for raw, _, value in full_items(request.headers):
+        size += len(raw) + len(value) + 4  # ": " and CRLF
+    return size
 
 
 class ClientConnection(H11Protocol):
@@ -136,6 +145,11 @@ class ClientConnection(H11Protocol):
             self._respond_error(error, None, None)
             return None
         if type(event) is h11.Request:
+            if _head_size(event) > cfg.max_header_bytes:
+                # h11 bounds only an incomplete head; one that arrived whole in
+                # a single read is measured here.
+                self._respond_error(HeaderTooLarge(), None, None)
+                return None
             return event
         return None  # ConnectionClosed
 
@@ -244,7 +258,9 @@ class ClientConnection(H11Protocol):
             (b"X-Request-ID", rec.request_id_bytes),
             *extra,
         ]
-        if self.gw.draining or not self.finish_empty_body():
+        # After a framing or size error the rest of the input can't be trusted
+        # (it may be a smuggled request): close, as nginx does after a 400.
+        if status in _CLOSE_AFTER or self.gw.draining or not self.finish_empty_body():
             headers.append((b"Connection", b"close"))
         conn = self.h11
         data = conn.send(h11.Response(status_code=status, headers=headers, reason=REASONS.get(status, b"")))

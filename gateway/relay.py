@@ -184,11 +184,19 @@ async def _send_body(
                 rec.bytes_in = total
                 if limit and total > limit:
                     raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-                conn.write(conn.h11.send(event))
-                async with asyncio.timeout(timeout_s):
-                    await conn.drain()
+                try:
+                    conn.write(conn.h11.send(event))
+                    async with asyncio.timeout(timeout_s):
+                        await conn.drain()
+                except TimeoutError:
+                    raise ReadTimeout(f"upstream accepted no body data for {timeout_s:g}s") from None
+                except StreamClosed:
+                    raise UpstreamClosed("upstream closed the connection while the request body was sent") from None
             elif kind is h11.EndOfMessage:
-                conn.write(conn.h11.send(event))
+                try:
+                    conn.write(conn.h11.send(event))
+                except StreamClosed:
+                    raise UpstreamClosed("upstream closed the connection while the request body was sent") from None
                 return
             elif kind is h11.ConnectionClosed:
                 raise ClientGone()

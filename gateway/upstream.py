@@ -86,6 +86,15 @@ class UpstreamConnection(H11Protocol):
         try:
             return super().next_event()
         except h11.RemoteProtocolError as exc:
+            if self.eof:
+                # h11 reports a close where a response was due as a protocol
+                # error; for us it is the backend going away (and, when no byte
+                # came back, a candidate for a retry).
+                raise UpstreamClosed(
+                    "upstream closed the connection before responding"
+                    if self.bytes_received == 0
+                    else "upstream closed the connection mid-response"
+                ) from None
             raise UpstreamProtocolError(f"invalid response from upstream: {exc}") from None
 
     async def receive_response(self) -> h11.Response:

@@ -85,3 +85,49 @@ def error_json(body: bytes) -> dict[str, Any]:
     doc = json.loads(body)
     assert set(doc) == {"error", "message", "status", "request_id"}, doc
     return doc  # type: ignore[no-any-return]
+
+
+def read_until_closed(s: socket.socket, timeout: float = 3) -> tuple[bytes, bool]:
+    """Read until the peer closes; (data, closed). closed is False on timeout.
+
+    A reset counts as closed: the connection is gone either way.
+    """
+    out = b""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return out, False
+        s.settimeout(left)
+        try:
+            chunk = s.recv(65536)
+        except TimeoutError:
+            return out, False
+        except ConnectionResetError:
+            return out, True
+        if not chunk:
+            return out, True
+        out += chunk
+
+
+def read_response(s: socket.socket, timeout: float = 3) -> tuple[int, dict[str, str], bytes]:
+    """Read exactly one Content-Length-framed response from a raw socket."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < _declared_length(data):
+        s.settimeout(max(deadline - time.monotonic(), 0.01))
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before a complete response: {data!r}")
+        data += chunk
+    [(status, headers, body)] = split_responses(data)
+    return status, headers, body
+
+
+def _declared_length(data: bytes) -> int:
+    head = data.partition(b"\r\n\r\n")[0]
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            return int(v.strip())
+    return 0
