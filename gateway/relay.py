@@ -125,7 +125,7 @@ async def _exchange(
         conn.send_head(head, end=not has_body)
         if has_body:
             if client.h11.client_is_waiting_for_100_continue:
-                client.write(client.h11.send(h11.InformationalResponse(status_code=100, headers=())))
+                client.write(client.h11.send(h11.InformationalResponse(status_code=100, headers=(), reason=b"Continue")))
             body_task = asyncio.get_running_loop().create_task(_send_body(client, conn, limit, timeout_s, rec))
         try:
             async with asyncio.timeout(timeout_s):

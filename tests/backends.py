@@ -79,6 +79,7 @@ def _read_chunked(rfile: Any) -> bytes:
 def make_handler(backend_ref: list[Backend], idle_close_s: float | None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # head and body go in separate writes
         timeout = idle_close_s  # socket timeout: closes idle keep-alive connections
 
         def setup(self) -> None:
