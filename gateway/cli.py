@@ -1,16 +1,16 @@
 """``gateway`` / ``python -m gateway``: configuration from the environment, then serve.
 
 A bad configuration value prints one line naming the variable and exits 2.
+``GATEWAY_WORKERS=N`` (or ``auto``) runs N worker processes under a supervisor.
 """
 
 from __future__ import annotations
 
-import asyncio
 import resource
 import sys
 from collections.abc import Sequence
 
-from gateway.config import ConfigError, from_env
+from gateway.config import Config, ConfigError, from_env
 
 
 def raise_nofile_limit(wanted: int) -> int:
@@ -26,6 +26,20 @@ def raise_nofile_limit(wanted: int) -> int:
     return soft
 
 
+def run_worker(config: Config, worker_id: int) -> int:
+    """One worker: serve on uvloop until SIGTERM/SIGINT, drain, return the exit code."""
+    import uvloop
+
+    from gateway.server import serve
+
+    try:
+        uvloop.run(serve(config, worker_id=worker_id))
+    except OSError as exc:
+        print(f"gateway: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help"):
@@ -37,18 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2
     raise_nofile_limit(config.max_connections + 1024)
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency; plain asyncio still works
-        uvloop = None
-    from gateway.server import serve
+    if config.workers == 1:
+        return run_worker(config, 0)
+    if config.port == 0:
+        print("gateway: configuration error: GATEWAY_PORT=0 needs GATEWAY_WORKERS=1", file=sys.stderr)
+        return 2
+    from gateway.accesslog import Logger
+    from gateway.supervisor import run_workers
 
-    try:
-        if uvloop is not None:
-            uvloop.run(serve(config))
-        else:  # pragma: no cover
-            asyncio.run(serve(config))
-    except OSError as exc:
-        print(f"gateway: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_workers(config, run_worker, Logger(level=config.log_level))

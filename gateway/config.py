@@ -65,6 +65,7 @@ class Config:
     upstream_timeout_s: float = 30.0
     max_body_bytes: int = 10 * 1024 * 1024
     max_header_bytes: int = 65536
+    max_header_count: int = 100
     pool_max_connections: int = 100
     pool_timeout_s: float = 5.0
     pool_idle_timeout_s: float = DEFAULT_POOL_IDLE_TIMEOUT_S
@@ -253,6 +254,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> Config:
         upstream_timeout_s=upstream_timeout_s,
         max_body_bytes=max_body_bytes,
         max_header_bytes=_integer(env, "GATEWAY_MAX_HEADER_BYTES", 65536, minimum=1024),
+        max_header_count=_integer(env, "GATEWAY_MAX_HEADER_COUNT", 100, minimum=1),
         pool_max_connections=_integer(env, "GATEWAY_POOL_MAX_CONNECTIONS", 100, minimum=1),
         pool_timeout_s=_number(env, "GATEWAY_POOL_TIMEOUT", 5.0),
         pool_idle_timeout_s=_number(env, "GATEWAY_POOL_IDLE_TIMEOUT", DEFAULT_POOL_IDLE_TIMEOUT_S),

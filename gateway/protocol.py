@@ -145,9 +145,10 @@ class ClientConnection(H11Protocol):
             self._respond_error(error, None, None)
             return None
         if type(event) is h11.Request:
-            if _head_size(event) > cfg.max_header_bytes:
+            if len(event.headers) > cfg.max_header_count or _head_size(event) > cfg.max_header_bytes:
                 # h11 bounds only an incomplete head; one that arrived whole in
-                # a single read is measured here.
+                # a single read is measured here, and so is the header count
+                # (Envoy's max_headers_count, 100 by default).
                 self._respond_error(HeaderTooLarge(), None, None)
                 return None
             return event
@@ -176,6 +177,11 @@ class ClientConnection(H11Protocol):
         except GatewayError as exc:
             rec.error = exc.code
             rec.message = exc.message
+            if exc.status >= 500:
+                gw.log.event(
+                    "warning", "upstream_error", request_id=rec.request_id, service=rec.service,
+                    upstream=rec.upstream, error=exc.code, kind=type(exc).__name__, message=exc.message,
+                )
             if not rec.response_started and self.h11.our_state in _CAN_RESPOND:
                 self._respond_error(exc, rec, request.method)
             else:

@@ -68,6 +68,10 @@ class UpstreamConnection(H11Protocol):
             and not self.eof
             and conn.our_state is h11.DONE
             and conn.their_state is h11.DONE
+            # Bytes past the end of the response would be read as the next
+            # client's response: a desync, so the connection is not reused.
+            and not self.has_buffered_data
+            and not conn.trailing_data[0]
         )
 
     def send_head(self, request: h11.Request, *, end: bool) -> None:

@@ -113,3 +113,69 @@ def test_bad_configuration_exits_2_with_one_line() -> None:
     assert proc.returncode == 2
     lines = proc.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "GATEWAY_UPSTREAM_TIMEOUT" in lines[0]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def _workers_seen(port: int, attempts: int = 200) -> set[int]:
+    seen = set()
+    for _ in range(attempts):
+        status, doc = get_json(port, "/health")
+        assert status == 200
+        seen.add(doc["worker"])
+        if len(seen) == 2:
+            break
+    return seen
+
+
+def test_workers_share_the_port_survive_a_kill_and_drain_on_sigterm() -> None:
+    """GATEWAY_WORKERS=N: N workers answer on one port (SO_REUSEPORT); a worker that dies is
+    restarted; SIGTERM drains all and the supervisor exits 0."""
+    with backend() as be, gateway_process(SERVICE1_URL=be.url, GATEWAY_WORKERS="2") as (proc, port):
+        deadline = time.monotonic() + 10
+        while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # both workers listening
+        assert _workers_seen(port) == {0, 1}
+        victim = _children(proc.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            kids = _children(proc.pid)
+            if len(kids) == 2 and victim not in kids:
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert _workers_seen(port) == {0, 1}
+        status, _, _ = request(port, "GET", "/api/service1/x")
+        assert status == 200
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0
+        events = [json.loads(line).get("event") for line in out.decode().splitlines()]
+        assert "worker_died" in events and events[-1] == "supervisor_stopped"
+
+
+def test_workers_that_cannot_start_stop_the_supervisor() -> None:
+    """A port already taken: the workers keep dying at start, the supervisor gives up with exit 1."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), "GATEWAY_WORKERS": "2",
+               "GATEWAY_SERVICES": "service1"}
+        proc = subprocess.run([sys.executable, "-m", "gateway"], cwd=ROOT, env=env, capture_output=True, timeout=60)
+        assert proc.returncode == 1
+        assert b"cannot listen" in proc.stderr
