@@ -45,6 +45,8 @@ class Record:
         "response_started",
         "retries",
         "message",
+        "trace_id",
+        "route",
     )
 
     def __init__(self, client: str, method: bytes, target: bytes, request_id: bytes) -> None:
@@ -66,6 +68,8 @@ class Record:
         self.response_started = False
         self.retries = 0
         self.message: str | None = None
+        self.trace_id: str | None = None
+        self.route: Any = None  # the config.Route when forwarded
 
     def as_dict(self, now: float) -> dict[str, Any]:
         upstream_ms = (
@@ -85,6 +89,7 @@ class Record:
             "duration_ms": round((now - self.start) * 1000, 3),
             "upstream_ms": upstream_ms,
             "error": self.error,
+            "trace_id": self.trace_id,
         }
 
 

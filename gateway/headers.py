@@ -98,6 +98,7 @@ def upstream_request_headers(
     request_id: bytes,
     chunked: bool,
     default_host: bytes,
+    traceparent: bytes | None = None,
 ) -> list[Header]:
     """Headers to send upstream for one request.
 
@@ -112,6 +113,7 @@ def upstream_request_headers(
     proto: bytes | None = None
     fwd_host: bytes | None = None
     host: bytes | None = None
+    kept_traceparent = False
     for raw, name, value in items:
         if name in HOP_BY_HOP or name in drop:
             continue
@@ -126,6 +128,10 @@ def upstream_request_headers(
             continue
         if name == b"expect":
             continue  # answered by the gateway (CONTRACT.md, Forwarding)
+        if name == b"traceparent" and traceparent is not None:
+            if value != traceparent or kept_traceparent:
+                continue  # invalid or repeated: replaced by the one we send
+            kept_traceparent = True
         if name == b"host":
             host = value
         out.append((raw, value))
@@ -134,6 +140,8 @@ def upstream_request_headers(
         out.insert(0, (b"Host", host))
     if chunked:
         out.append((b"Transfer-Encoding", b"chunked"))
+    if traceparent is not None and not kept_traceparent:
+        out.append((b"traceparent", traceparent))
     xff = b", ".join([*prior_xff, client_ip]) if prior_xff else client_ip
     out.append((b"X-Forwarded-For", xff))
     out.append((b"X-Forwarded-Proto", proto or b"http"))
@@ -158,3 +166,50 @@ def client_response_headers(items: Sequence[FullHeader], request_id: bytes) -> l
     ]
     out.append((b"X-Request-ID", request_id))
     return out
+
+
+# W3C Trace Context, section 3.2: version-traceid-parentid-flags, lower-case hex.
+_TRACEPARENT_RE = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[^\s]*)?\Z")
+_ZERO_TRACE = b"0" * 32
+_ZERO_PARENT = b"0" * 16
+
+
+def trace_context(items: Iterable[FullHeader]) -> tuple[bytes, bytes]:
+    """(traceparent to send upstream, trace id).
+
+    A single valid incoming ``traceparent`` passes unchanged; none, several or
+    an invalid one: a new ``00-<32 hex>-<16 hex>-01`` is minted.
+    """
+    found: bytes | None = None
+    for _, name, value in items:
+        if name == b"traceparent":
+            if found is not None:
+                found = None  # repeated: invalid (W3C 3.2)
+                break
+            found = value
+    if found is not None:
+        m = _TRACEPARENT_RE.match(found)
+        if (
+            m is not None
+            and m.group(1) != b"ff"
+            and not (m.group(1) == b"00" and m.group(5))
+            and m.group(2) != _ZERO_TRACE
+            and m.group(3) != _ZERO_PARENT
+        ):
+            return found, m.group(2)
+    trace_id = os.urandom(16).hex().encode("ascii")
+    return b"00-" + trace_id + b"-" + os.urandom(8).hex().encode("ascii") + b"-01", trace_id
+
+
+def rewrite_location(value: bytes, origin: bytes, strip_to: bytes, prefix: bytes) -> bytes:
+    """A backend redirect to ``<strip_to>/<rest>`` (relative, or absolute on its own
+    origin) becomes ``<prefix>/<rest>`` (opt-in: GATEWAY_REWRITE_LOCATION)."""
+    path = value
+    if value.startswith(origin) and value[len(origin) : len(origin) + 1] in (b"/", b"?", b""):
+        path = value[len(origin) :] or b"/"
+    elif not value.startswith(b"/") or value.startswith(b"//"):
+        return value  # another host, or a relative reference we leave alone
+    n = len(strip_to)
+    if path == strip_to or (path.startswith(strip_to) and path[n : n + 1] in (b"/", b"?", b"#")):
+        return prefix + path[n:]
+    return value

@@ -172,6 +172,7 @@ class ClientConnection(H11Protocol):
                 route = match.route
                 assert route is not None
                 rec.service = route.name
+                rec.route = route
                 rec.upstream = route.upstream.origin + match.upstream_target.decode("latin-1")
                 await proxy(self, request, match, rec)
         except GatewayError as exc:

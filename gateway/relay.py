@@ -29,7 +29,13 @@ from gateway.errors import (
     UpstreamClosed,
 )
 from gateway.flow import StreamClosed
-from gateway.headers import client_response_headers, full_items, upstream_request_headers
+from gateway.headers import (
+    client_response_headers,
+    full_items,
+    rewrite_location,
+    trace_context,
+    upstream_request_headers,
+)
 from gateway.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -71,14 +77,18 @@ async def proxy(client: ClientConnection, request: h11.Request, match: Match, re
     if not has_body:
         client.finish_empty_body()
 
+    items = full_items(request.headers)
+    traceparent, trace_id = trace_context(items)
+    rec.trace_id = trace_id.decode("ascii")
     headers = upstream_request_headers(
-        full_items(request.headers),
+        items,
         client_ip=client.client_ip_bytes,
         trusted=client.trusted,
         prefix=route.prefix.encode("ascii"),
         request_id=rec.request_id_bytes,
         chunked=chunked,
         default_host=f"{route.upstream.host}:{route.upstream.port}".encode("ascii"),
+        traceparent=traceparent,
     )
     head = h11.Request(method=request.method, target=match.upstream_target, headers=headers)
     pool = gw.pools[route.name]
@@ -228,6 +238,23 @@ async def _relay_response(
         # on, and the connection is not trusted for another request.
         out_headers = [(n, v) for n, v in out_headers if n.lower() != b"content-length"]
         conn.reusable = False
+    config = client.gw.config
+    if config.rewrite_location:
+        route = rec.route
+        origin = route.upstream.origin.encode("ascii")
+        out_headers = [
+            (n, rewrite_location(v, origin, route.strip_to, route.prefix.encode("ascii")))
+            if n.lower() == b"location"
+            else (n, v)
+            for n, v in out_headers
+        ]
+    if config.server_timing:
+        now = time.perf_counter()
+        upstream_ms = (now - rec.upstream_start) * 1000
+        gateway_ms = (now - rec.start) * 1000 - upstream_ms
+        out_headers.append(
+            (b"Server-Timing", b"gateway;dur=%.3f, upstream;dur=%.3f" % (gateway_ms, upstream_ms))
+        )
     client.add_response_headers(out_headers, rec)
     rec.status = response.status_code
     hconn = client.h11

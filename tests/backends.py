@@ -9,6 +9,7 @@ and answers by path:
 - ``/api/bytes/<n>``: n bytes, Content-Length framed (``?chunked=1``: chunked)
 - ``/api/slow/<seconds>``: answers after a delay
 - ``/api/cookies``: two Set-Cookie headers
+- ``/api/redirect?to=<location>``: 302 with that Location
 - ``/api/early``: 401 at once without reading the request body
 - ``/api/die/<n>``: declares Content-Length 2n, sends n bytes, then resets
 
@@ -145,6 +146,9 @@ def make_handler(backend_ref: list[Backend], idle_close_s: float | None) -> type
             elif path.startswith("/api/slow/"):
                 time.sleep(float(path.rsplit("/", 1)[1]))
                 self._send(200, b'{"slow":true}')
+            elif path == "/api/redirect":
+                target = query.split("to=", 1)[1] if "to=" in query else "/"
+                self._send(302, b"{}", [("Location", target)])
             elif path == "/api/cookies":
                 self._send(200, b"{}", [("Set-Cookie", "a=1; Path=/"), ("Set-Cookie", "b=2; Path=/")])
             elif path.startswith("/api/die/"):
