@@ -43,13 +43,25 @@ def run_worker(config: Config, worker_id: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help"):
-        print("usage: gateway   (configured by GATEWAY_* and <NAME>_URL environment variables; see README)")
+        print(
+            "usage: gateway          serve (configured by GATEWAY_* and <NAME>_URL environment variables)\n"
+            "       gateway check    validate the configuration and probe every backend once"
+        )
         return 0
+    if args and args[0] != "check":
+        print(f"gateway: unknown command {args[0]!r} (try --help)", file=sys.stderr)
+        return 2
     try:
         config = from_env()
     except ConfigError as exc:
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2
+    if args:  # "check"
+        import asyncio
+
+        from gateway.check import check
+
+        return asyncio.run(check(config))
     raise_nofile_limit(config.max_connections + 1024)
     if config.workers == 1:
         return run_worker(config, 0)
