@@ -163,6 +163,8 @@ def parse_upstream(name: str, raw: str, *, allow_path: bool) -> Upstream:
     if parts.query or parts.fragment:
         raise ConfigError(f"{name}={shown!r}: URL must not have a query or fragment")
     path = parts.path.rstrip("/")
+    if not re.fullmatch(r"[!-~]*", path):
+        raise ConfigError(f"{name}={shown!r}: URL path must be printable ASCII without spaces (percent-encode it)")
     if path and not allow_path:
         raise ConfigError(
             f"{name}={shown!r}: must be an origin (http://host:port) without a path;"

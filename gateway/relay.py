@@ -90,7 +90,9 @@ async def proxy(client: ClientConnection, request: h11.Request, match: Match, re
         default_host=f"{route.upstream.host}:{route.upstream.port}".encode("ascii"),
         traceparent=traceparent,
     )
-    head = h11.Request(method=request.method, target=match.upstream_target, headers=headers)
+    # Every byte here was validated by h11's parser or by us (config, request
+    # id, trace context): skip h11's second validation pass (``_parsed``).
+    head = h11.Request(method=request.method, target=match.upstream_target, headers=headers, _parsed=True)
     pool = gw.pools[route.name]
     timeout_s = route.upstream_timeout_s
     retry_allowed = not has_body and request.method in IDEMPOTENT
@@ -258,7 +260,13 @@ async def _relay_response(
     client.add_response_headers(out_headers, rec)
     rec.status = response.status_code
     hconn = client.h11
-    out = [hconn.send(h11.Response(status_code=response.status_code, headers=out_headers, reason=response.reason))]
+    out = [
+        hconn.send(
+            h11.Response(
+                status_code=response.status_code, headers=out_headers, reason=response.reason, _parsed=True
+            )
+        )
+    ]
     rec.response_started = True
     sent = 0
     # Write only when about to wait on the backend: a small response leaves
