@@ -47,6 +47,7 @@ class Record:
         "message",
         "trace_id",
         "route",
+        "internal",
     )
 
     def __init__(self, client: str, method: bytes, target: bytes, request_id: bytes) -> None:
@@ -70,6 +71,7 @@ class Record:
         self.message: str | None = None
         self.trace_id: str | None = None
         self.route: Any = None  # the config.Route when forwarded
+        self.internal = False  # a gateway endpoint: kept out of `recent` (dashboards poll them)
 
     def as_dict(self, now: float) -> dict[str, Any]:
         upstream_ms = (
@@ -108,7 +110,7 @@ class Logger:
 
     def access(self, rec: Record) -> None:
         entry = rec.as_dict(time.perf_counter())
-        if self._recent_enabled:
+        if self._recent_enabled and not rec.internal:
             self.recent.appendleft(entry)
         if self.access_log:
             self._emit(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))

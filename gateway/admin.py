@@ -2,16 +2,20 @@
 
 Routed by the same trie as the backends (``api.GATEWAY_ENDPOINTS``); GET and
 HEAD only, anything else is 405. ``/health`` never touches a backend.
+Handlers are plain functions returning (status, content type, body); one that
+must wait (the merged OpenAPI document) is a coroutine function, awaited here.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gateway import __version__
+from gateway import __version__, webui
 from gateway.accesslog import rfc3339
 from gateway.errors import MethodNotAllowed, NotFound
 
@@ -22,14 +26,20 @@ JSON = b"application/json"
 PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
 
 
-def serve(gw: Gateway, endpoint: str, method: bytes) -> tuple[int, bytes, bytes]:
-    """(status, content type, body) for a gateway endpoint."""
+Response = tuple[int, bytes, bytes]
+
+
+async def serve(gw: Gateway, endpoint: str, method: bytes, rest: bytes = b"") -> Response:
+    """(status, content type, body) for a gateway endpoint; ``rest`` is the path
+    below a prefix endpoint (``api.GATEWAY_PREFIX_ENDPOINTS``)."""
     if endpoint == "not_found":
         raise NotFound("no such gateway endpoint")
     if method not in (b"GET", b"HEAD"):
         raise MethodNotAllowed(f"{method.decode('ascii', 'replace')} is not allowed here; use GET or HEAD")
-    handler = _HANDLERS[endpoint]
-    return handler(gw)
+    if endpoint == "docs_asset":
+        return docs_asset(rest)
+    result = _HANDLERS[endpoint](gw)
+    return await result if inspect.isawaitable(result) else result
 
 
 def _json(status: int, payload: Any) -> tuple[int, bytes, bytes]:
@@ -107,10 +117,46 @@ def recent(gw: Gateway) -> tuple[int, bytes, bytes]:
     return _json(200, {"requests": list(gw.log.recent)})
 
 
-_HANDLERS = {
+def stats(gw: Gateway) -> Response:
+    """Per service over about the last minute: request rate, error rate (backend
+    failures: 5xx, and the gateway's 502/503/504), upstream and gateway-added latency."""
+    window_s, per_service = gw.metrics.window(time.monotonic())
+    for name, entry in per_service.items():
+        state = gw.metrics.services[name]
+        entry["total"] = {"requests": state.requests, "errors": state.errors}
+        entry["pool"] = {**_pool_state(gw, name), "waiting": gw.pools[name].waiting}
+    return _json(200, {"window_s": window_s, "services": per_service})
+
+
+async def openapi(gw: Gateway) -> Response:
+    return 200, JSON, await gw.openapi.document()
+
+
+def dashboard(gw: Gateway) -> Response:
+    return 200, webui.HTML, webui.dashboard_page()
+
+
+def docs(gw: Gateway) -> Response:
+    return 200, webui.HTML, webui.docs_page()
+
+
+def docs_asset(rest: bytes) -> Response:
+    if rest == b"/":
+        return 200, webui.HTML, webui.docs_page()
+    asset = webui.docs_asset(rest[1:])
+    if asset is None:
+        raise NotFound("no such file under /api/gateway/docs")
+    return 200, *asset
+
+
+_HANDLERS: dict[str, Callable[[Gateway], Response | Awaitable[Response]]] = {
     "health": health,
     "services": services,
     "status": status,
     "metrics": metrics,
     "recent": recent,
+    "stats": stats,
+    "openapi": openapi,
+    "dashboard": dashboard,
+    "docs": docs,
 }

@@ -21,6 +21,16 @@ GATEWAY_ENDPOINTS: dict[str, str] = {
     "/api/gateway/services": "services",
     "/api/gateway/metrics": "metrics",
     "/api/gateway/recent": "recent",
+    "/api/gateway/stats": "stats",
+    "/api/gateway/openapi.json": "openapi",
+    "/api/gateway/docs": "docs",
+    "/api/gateway/": "dashboard",  # the trailing slash is a segment of its own: exact, like the rest
+}
+# Gateway-owned prefixes: these paths and everything below them (``Match.rest``).
+# An exact entry on the same node wins for the path itself, so
+# ``/api/gateway/docs`` is the page and ``/api/gateway/docs/<file>`` its assets.
+GATEWAY_PREFIX_ENDPOINTS: dict[str, str] = {
+    "/api/gateway/docs": "docs_asset",
 }
 # Everything else under this prefix is the gateway's too: a 404 of its own,
 # never forwarded (``gateway`` is a reserved service name).
@@ -34,6 +44,7 @@ class Match:
     route: Route | None = None
     endpoint: str | None = None  # "health", "status", ...; "not_found" under /api/gateway
     upstream_target: bytes = b""  # for a route: what to request upstream
+    rest: bytes = b""  # for a prefix endpoint: the path below its prefix ("/docs.js")
 
 
 class _Node:
@@ -57,6 +68,8 @@ class Router:
         for path, name in (GATEWAY_ENDPOINTS if endpoints is None else endpoints).items():
             self._node(path).exact = name
         self._node(GATEWAY_PREFIX).prefix = "not_found"
+        for path, name in GATEWAY_PREFIX_ENDPOINTS.items():
+            self._node(path).prefix = name
         self.routes = tuple(routes)
         for route in self.routes:
             node = self._node(route.prefix)
@@ -105,7 +118,7 @@ class Router:
         if best is None:
             return None
         if isinstance(best, str):
-            return Match(endpoint=best)
+            return Match(endpoint=best, rest=path[best_end:])
         upstream_target = best.strip_to + path[best_end:]
         if not upstream_target:
             upstream_target = b"/"

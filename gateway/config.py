@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 RESERVED_NAMES = frozenset({"gateway"})
@@ -54,6 +54,7 @@ class Route:
     connect_timeout_s: float
     upstream_timeout_s: float
     max_body_bytes: int  # 0: no limit
+    openapi_path: str = "/openapi.json"  # the backend's OpenAPI document, on its origin
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +249,8 @@ def from_env(environ: Mapping[str, str] | None = None) -> Config:
             load_routes_file(config_path, connect_timeout_s, upstream_timeout_s, max_body_bytes),
         )
 
+    routes = [_with_openapi_path(env, route) for route in routes]
+
     return Config(
         host=env.get("GATEWAY_HOST", "0.0.0.0").strip() or "0.0.0.0",
         port=port,
@@ -276,6 +279,17 @@ def from_env(environ: Mapping[str, str] | None = None) -> Config:
         server_timing=_flag(env, "GATEWAY_SERVER_TIMING", False),
         rewrite_location=_flag(env, "GATEWAY_REWRITE_LOCATION", False),
     )
+
+
+def _with_openapi_path(env: Mapping[str, str], route: Route) -> Route:
+    """``<NAME>_OPENAPI_PATH``: where the backend serves its OpenAPI document."""
+    var = route.name.upper().replace("-", "_") + "_OPENAPI_PATH"
+    raw = env.get(var, "").strip()
+    if not raw:
+        return route
+    if not raw.startswith("/") or not raw.isascii() or any(c.isspace() or c == "#" for c in raw):
+        raise ConfigError(f"{var}={raw!r}: must be an ASCII path starting with '/' (e.g. /openapi.json)")
+    return replace(route, openapi_path=raw)
 
 
 def merge_routes(env_routes: list[Route], file_routes: list[Route]) -> list[Route]:
@@ -311,11 +325,16 @@ def load_routes_file(
     entries = data.get("route", [])
     if not isinstance(entries, list):
         raise ConfigError(f"GATEWAY_CONFIG={path!r}: 'route' must be an array of tables ([[route]])")
+    # tomllib gives no positions for values: point at each [[route]] header.
+    with open(path, "rb") as fh:
+        starts = [n for n, line in enumerate(fh.read().decode("utf-8", "replace").splitlines(), 1)
+                  if line.strip().replace(" ", "").startswith("[[route]]")]
     routes: list[Route] = []
     seen: set[str] = set()
     allowed = {"prefix", "upstream", "name", "connect_timeout", "upstream_timeout", "max_body_bytes"}
     for index, entry in enumerate(entries, start=1):
-        where = f"GATEWAY_CONFIG={path!r}: route #{index}"
+        line = f" (line {starts[index - 1]})" if index <= len(starts) else ""
+        where = f"GATEWAY_CONFIG={path!r}: route #{index}{line}"
         if not isinstance(entry, dict):
             raise ConfigError(f"{where}: must be a table")
         extra = set(entry) - allowed

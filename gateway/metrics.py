@@ -7,12 +7,15 @@ exact: tests check them after a known sequence of requests.
 from __future__ import annotations
 
 import bisect
+import collections
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 # Seconds; Prometheus' defaults shifted down: a gateway's added time is sub-ms.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# The window of ``Metrics.window`` (and so of ``/api/gateway/stats``), seconds.
+STATS_WINDOW_S = 60.0
 
 
 # Failures that say something about the backend (not about the client).
@@ -62,6 +65,9 @@ class ServiceState:
     errors: int = 0
     total: Histogram = field(default_factory=Histogram)
     upstream: Histogram = field(default_factory=Histogram)
+    # Gateway-added time of forwarded requests: total minus upstream (what
+    # Server-Timing calls ``gateway``): parsing, routing, pool checkout, relaying.
+    added: Histogram = field(default_factory=Histogram)
 
 
 class Metrics:
@@ -73,6 +79,10 @@ class Metrics:
         self.bytes_out = 0
         self.in_flight = 0
         self.served = 0
+        # (monotonic time, counters) for ``window``; the first is the start, all zero.
+        self._snapshots: collections.deque[tuple[float, dict[str, _Snapshot]]] = collections.deque(
+            [(time.monotonic(), {name: _Snapshot.zero() for name in services})], maxlen=1024
+        )
 
     def record(
         self,
@@ -98,6 +108,7 @@ class Metrics:
         state.total.observe(duration_s)
         if upstream_s is not None:
             state.upstream.observe(upstream_s)
+            state.added.observe(max(duration_s - upstream_s, 0.0))
         if error in BACKEND_ERRORS or (error is None and status >= 500):
             state.errors += 1
             state.consecutive_failures += 1
@@ -105,6 +116,42 @@ class Metrics:
         elif error is None:
             state.last_success = wall
             state.consecutive_failures = 0
+
+    def window(self, now: float, window_s: float = STATS_WINDOW_S) -> tuple[float, dict[str, dict[str, Any]]]:
+        """Per-service rate, error rate and latency over about the last ``window_s``.
+
+        ``now`` is ``time.monotonic()``. Each call keeps a snapshot of the
+        counters (at most one a second), and the figures are the difference
+        from the oldest one still in the window: a dashboard polling every few
+        seconds sees the last minute, not the process lifetime; before the
+        first minute, or after a long pause in polling, the window is longer
+        or shorter, and says so (the first snapshot is the process start).
+        """
+        current = {name: _Snapshot.of(state) for name, state in self.services.items()}
+        snaps = self._snapshots
+        if not snaps or now - snaps[-1][0] >= 1.0:
+            snaps.append((now, current))
+        while len(snaps) > 1 and now - snaps[1][0] >= window_s:
+            snaps.popleft()
+        since, base = snaps[0]
+        elapsed = max(now - since, 1e-3)
+        out = {}
+        for name, snap in current.items():
+            old = base.get(name) or _Snapshot.zero()
+            requests = snap.requests - old.requests
+            errors = snap.errors - old.errors
+            upstream = [a - b for a, b in zip(snap.upstream, old.upstream, strict=True)]
+            added = [a - b for a, b in zip(snap.added, old.added, strict=True)]
+            n_up = sum(upstream)
+            out[name] = {
+                "requests": requests,
+                "errors": errors,
+                "rate_per_s": round(requests / elapsed, 3),
+                "error_rate": round(errors / requests, 4) if requests else None,
+                "upstream_ms": _latency(upstream, snap.upstream_sum - old.upstream_sum, n_up),
+                "gateway_ms": _latency(added, snap.added_sum - old.added_sum, sum(added)),
+            }
+        return round(elapsed, 3), out
 
     def prometheus(self, pools: dict[str, Any], connections: int, worker: int) -> bytes:
         lines: list[str] = []
@@ -145,3 +192,52 @@ class Metrics:
         add(f'gateway_bytes_total{{direction="in",{w}}} {self.bytes_in}')
         add(f'gateway_bytes_total{{direction="out",{w}}} {self.bytes_out}')
         return ("\n".join(lines) + "\n").encode()
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    requests: int
+    errors: int
+    upstream: tuple[int, ...]
+    upstream_sum: float
+    added: tuple[int, ...]
+    added_sum: float
+
+    @classmethod
+    def of(cls, state: ServiceState) -> _Snapshot:
+        return cls(state.requests, state.errors, tuple(state.upstream.counts), state.upstream.total,
+                   tuple(state.added.counts), state.added.total)
+
+    @classmethod
+    def zero(cls) -> _Snapshot:
+        empty = (0,) * (len(BUCKETS) + 1)
+        return cls(0, 0, empty, 0.0, empty, 0.0)
+
+
+def bucket_quantile(counts: list[int], q: float) -> float | None:
+    """Quantile ``q`` of bucketed observations, interpolated linearly inside its
+    bucket as Prometheus' ``histogram_quantile`` does (the +Inf bucket answers
+    with the highest finite bound)."""
+    n = sum(counts)
+    if not n:
+        return None
+    rank = q * n
+    seen = 0
+    for i, count in enumerate(counts):
+        if count and seen + count >= rank:
+            if i == len(BUCKETS):
+                return BUCKETS[-1]
+            low = BUCKETS[i - 1] if i else 0.0
+            return low + (BUCKETS[i] - low) * (rank - seen) / count
+        seen += count
+    return BUCKETS[-1]  # pragma: no cover
+
+
+def _latency(counts: list[int], total_s: float, n: int) -> dict[str, float | None]:
+    p50 = bucket_quantile(counts, 0.5)
+    p99 = bucket_quantile(counts, 0.99)
+    return {
+        "p50": round(p50 * 1000, 3) if p50 is not None else None,
+        "p99": round(p99 * 1000, 3) if p99 is not None else None,
+        "mean": round(total_s / n * 1000, 3) if n else None,
+    }

@@ -166,7 +166,8 @@ class ClientConnection(H11Protocol):
             if match is None:
                 raise NotFound(f"no route for {rec.path.split('?', 1)[0]}")
             if match.endpoint is not None:
-                status, content_type, body = admin.serve(gw, match.endpoint, request.method)
+                rec.internal = match.endpoint != "not_found"
+                status, content_type, body = await admin.serve(gw, match.endpoint, request.method, match.rest)
                 self.respond(status, content_type, body, rec, request.method)
             else:
                 route = match.route

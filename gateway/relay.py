@@ -205,8 +205,11 @@ async def _send_body(
                 except StreamClosed:
                     raise UpstreamClosed("upstream closed the connection while the request body was sent") from None
             elif kind is h11.EndOfMessage:
+                # Request trailers are dropped, as nginx does: a backend that
+                # merged them into the head would let a client smuggle Host or
+                # framing fields past our checks (RFC 9110 6.5.1).
                 try:
-                    conn.write(conn.h11.send(event))
+                    conn.write(conn.h11.send(h11.EndOfMessage()))
                 except StreamClosed:
                     raise UpstreamClosed("upstream closed the connection while the request body was sent") from None
                 return

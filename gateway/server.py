@@ -19,6 +19,7 @@ from gateway.accesslog import Logger, Record
 from gateway.api import Router
 from gateway.config import Config
 from gateway.metrics import Metrics
+from gateway.openapi import OpenAPICache
 from gateway.pool import Pool
 from gateway.protocol import ClientConnection
 
@@ -43,6 +44,7 @@ class Gateway:
             for route in config.routes
         }
         self.metrics = Metrics([route.name for route in config.routes])
+        self.openapi = OpenAPICache(self)  # /api/gateway/openapi.json; refreshes only once asked for
         self.connections: set[ClientConnection] = set()
         self.state = "starting"
         self._trusted: dict[str, bool] = {}
@@ -164,6 +166,7 @@ class GatewayServer:
             conn.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        await gw.openapi.aclose()
         for pool in gw.pools.values():
             pool.close()
         gw.log.event("info", "stopped", aborted_connections=left, worker=gw.worker_id)

@@ -289,3 +289,440 @@ def free_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return int(port)
+
+
+# --- raw HTTP/1.1 servers for the hardening tests ------------------------------------
+# Strict on purpose: whatever the gateway sends upstream is parsed to the letter of
+# RFC 9112 (CRLF only, one framing header, token names, visible values), so an
+# ambiguous or sloppy upstream request shows up as ``malformed`` instead of being
+# silently "fixed" the way a lenient server would.
+
+import random  # noqa: E402 - appended section, kept self-contained
+import re  # noqa: E402
+
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e\x80-\xff]+) HTTP/1\.1\Z")
+# Values: anything but CR, LF and NUL (checked per line), which RFC 9110 5.5 calls
+# dangerous; other CTLs "MAY" be retained by a recipient, so h11 keeps them.
+_FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(.*?)[ \t]*\Z")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\r\n]*)?\Z")
+_BLOCK = bytes(range(256)) * 4096  # 1 MiB of a known pattern
+
+
+class Malformed(Exception):
+    """The peer sent bytes that are not a well-formed HTTP/1.1 message."""
+
+
+class Truncated(Exception):
+    """The peer closed in the middle of a message."""
+
+
+class RawConn:
+    """Buffered, blocking reads on one accepted socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+
+    def _fill(self) -> bool:
+        try:
+            chunk = self.sock.recv(1 << 20)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            return False
+        self.buf += chunk
+        return True
+
+    def read_until(self, sep: bytes, limit: int) -> bytes | None:
+        """Bytes up to ``sep`` (consumed, not returned); None at a clean EOF before any byte."""
+        start = 0
+        while True:
+            i = self.buf.find(sep, start)
+            if i >= 0:
+                out = bytes(self.buf[:i])
+                del self.buf[: i + len(sep)]
+                return out
+            if len(self.buf) > limit:
+                raise Malformed(f"no {sep!r} within {limit} bytes")
+            start = max(0, len(self.buf) - len(sep) + 1)
+            if not self._fill():
+                if self.buf:
+                    raise Truncated(bytes(self.buf[:200]))
+                return None
+
+    def read_exact(self, n: int, keep: bool = True) -> bytes:
+        """n bytes (returned when ``keep``; else only counted, for huge bodies)."""
+        out = bytearray()
+        while n:
+            if not self.buf and not self._fill():
+                raise Truncated(f"{n} body bytes missing")
+            take = min(n, len(self.buf))
+            if keep:
+                out += self.buf[:take]
+            del self.buf[:take]
+            n -= take
+        return bytes(out)
+
+
+@dataclass
+class RawRequest:
+    head: bytes  # request line and field lines as received, CRLF-joined, no blank line
+    method: bytes
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
+    framing: str = "none"  # "none", "length" or "chunked"
+    body: bytes = b""
+    body_len: int = 0
+    trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    chunk_sizes: list[int] = field(default_factory=list)
+
+    def header(self, name: bytes) -> bytes | None:
+        for k, v in self.headers:
+            if k.lower() == name.lower():
+                return v
+        return None
+
+    def all(self, name: bytes) -> list[bytes]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+
+def read_request_head(rc: RawConn, limit: int = 1 << 20) -> RawRequest | None:
+    """One request head, strictly parsed; None when the peer closed between requests."""
+    head = rc.read_until(b"\r\n\r\n", limit)
+    if head is None:
+        return None
+    lines = head.split(b"\r\n")
+    for line in lines:
+        if b"\r" in line or b"\n" in line or b"\x00" in line:
+            raise Malformed(f"bare CR/LF or NUL in {line!r}")
+    m = _REQUEST_LINE.match(lines[0])
+    if m is None:
+        raise Malformed(f"request line {lines[0]!r}")
+    headers = []
+    for line in lines[1:]:
+        fm = _FIELD_LINE.match(line)
+        if fm is None:
+            raise Malformed(f"field line {line!r}")
+        headers.append((fm.group(1), fm.group(2)))
+    req = RawRequest(head, m.group(1), m.group(2), headers)
+    te = req.all(b"transfer-encoding")
+    cl = req.all(b"content-length")
+    if te and cl:
+        raise Malformed("both Transfer-Encoding and Content-Length")
+    if len(te) > 1 or (te and te[0].lower() != b"chunked"):
+        raise Malformed(f"Transfer-Encoding {te!r}")
+    if len(cl) > 1 or (cl and not cl[0].isdigit()):
+        raise Malformed(f"Content-Length {cl!r}")
+    if len([v for k, v in headers if k.lower() == b"host"]) != 1:
+        raise Malformed("not exactly one Host")
+    req.framing = "chunked" if te else "length" if cl else "none"
+    return req
+
+
+def read_request_body(rc: RawConn, req: RawRequest, keep: bool = True) -> None:
+    if req.framing == "length":
+        n = int(req.all(b"content-length")[0])
+        req.body = rc.read_exact(n, keep)
+        req.body_len = n
+    elif req.framing == "chunked":
+        body = bytearray()
+        while True:
+            line = rc.read_until(b"\r\n", 4096)
+            if line is None:
+                raise Truncated("EOF before a chunk size")
+            m = _CHUNK_SIZE.match(line)
+            if m is None:
+                raise Malformed(f"chunk size line {line!r}")
+            size = int(m.group(1), 16)
+            req.chunk_sizes.append(size)
+            if size == 0:
+                break
+            data = rc.read_exact(size, keep)
+            if keep:
+                body += data
+            req.body_len += size
+            if rc.read_exact(2) != b"\r\n":
+                raise Malformed("chunk data not followed by CRLF")
+        while True:
+            line = rc.read_until(b"\r\n", 65536)
+            if line is None:
+                raise Truncated("EOF in trailers")
+            if line == b"":
+                break
+            fm = _FIELD_LINE.match(line)
+            if fm is None:
+                raise Malformed(f"trailer line {line!r}")
+            req.trailers.append((fm.group(1), fm.group(2)))
+        req.body = bytes(body)
+
+
+def http_response(status: int, body: bytes = b"", headers: list[tuple[bytes, bytes]] = (), head: bool = False) -> bytes:  # type: ignore[assignment]
+    lines = [b"HTTP/1.1 %d %s" % (status, b"OK" if status == 200 else b"X")]
+    lines += [k + b": " + v for k, v in headers]
+    lines.append(b"Content-Length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head else body)
+
+
+class RawServer:
+    """A threaded raw-socket server on 127.0.0.1: ``handler(RawConn, server)`` per connection.
+
+    ``stop()`` shuts every open connection down, as a dying process would, so a
+    server started again on the same ``port`` is a real restart.
+    """
+
+    def __init__(self, handler: Any, port: int = 0) -> None:
+        self.handler = handler
+        self.requested_port = port
+        self.port = 0
+        self.connections = 0
+        self.lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._conns: set[socket.socket] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> RawServer:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.requested_port))
+        sock.listen(1024)
+        sock.settimeout(0.05)
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def _accept_loop(self) -> None:
+        assert self._sock is not None
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.setblocking(True)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self.lock:
+                self.connections += 1
+                self._conns.add(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            self.handler(RawConn(conn), self)
+        except (OSError, Malformed, Truncated):
+            pass
+        finally:
+            with self.lock:
+                self._conns.discard(conn)
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        if self._sock is not None:
+            self._sock.close()
+        with self.lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+@contextmanager
+def running(server: RawServer) -> Iterator[RawServer]:
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class Recorder:
+    """What a strict raw backend received: complete requests, malformed and truncated ones."""
+
+    requests: list[RawRequest] = field(default_factory=list)
+    malformed: list[str] = field(default_factory=list)
+    truncated: list[str] = field(default_factory=list)
+    server: RawServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return self.server.url
+
+    def clear(self) -> None:
+        self.requests.clear()
+        self.malformed.clear()
+        self.truncated.clear()
+
+
+@contextmanager
+def recorder() -> Iterator[Recorder]:
+    """A keep-alive backend that records every request exactly as it arrived and
+    answers ``200`` with body ``got <n>`` (n: body bytes received; none for HEAD).
+    A malformed request is recorded and its connection closed."""
+    rec = Recorder()
+
+    def handler(rc: RawConn, server: RawServer) -> None:
+        while True:
+            try:
+                req = read_request_head(rc)
+                if req is None:
+                    return
+                read_request_body(rc, req)
+            except Malformed as exc:
+                rec.malformed.append(str(exc))
+                return
+            except Truncated as exc:
+                rec.truncated.append(str(exc))
+                return
+            rec.requests.append(req)
+            rc.sock.sendall(http_response(200, b"got %d" % len(req.body), [(b"Content-Type", b"text/plain")],
+                                          head=req.method == b"HEAD"))
+
+    rec.server = RawServer(handler)
+    with running(rec.server):
+        yield rec
+
+
+EVIL = b"HTTP/1.1 200 OK\r\nX-Tag: evil\r\nContent-Length: 10\r\n\r\nq=evil;h=e"
+SMUGGLED = b"GET /api/tag?t=evil HTTP/1.1\r\nHost: evil\r\nX-Tag: evil\r\n\r\n"
+
+
+def tag_handler(rc: RawConn, server: RawServer) -> None:
+    """A keep-alive backend that echoes a tag, with misbehaving routes on the same origin.
+
+    - ``/api/tag?t=<q>`` (header ``X-Tag: <h>``): 200, ``X-Tag: <h>``, body ``q=<q>;h=<h>``
+    - ``/api/extra``: a complete response, then a whole second (``evil``) response
+    - ``/api/delayed-extra``: the same, the extra response 100 ms later
+    - ``/api/both``: ``Content-Length`` and ``Transfer-Encoding: chunked``, then ``evil``
+    - ``/api/two-lengths``: two different ``Content-Length`` headers, then ``evil``
+    - ``/api/short``: ``Content-Length: 2`` followed by more bytes than declared
+    - ``/api/nobody/<status>`` (e.g. 204, 304, or any status to a HEAD): a body where none is allowed
+    - ``/api/early``: 401 at once, without reading the request body, and the connection
+      kept open: the unread body is parsed as the next request (a "CL.0" backend)
+    """
+    while True:
+        req = read_request_head(rc)
+        if req is None:
+            return
+        path, _, query = req.target.partition(b"?")
+        if path == b"/api/early":
+            rc.sock.sendall(http_response(401, b"no"))
+            continue  # body left unread on purpose
+        read_request_body(rc, req)
+        if path == b"/api/tag":
+            q = query.partition(b"t=")[2]
+            h = req.header(b"x-tag") or b""
+            rc.sock.sendall(http_response(200, b"q=%s;h=%s" % (q, h), [(b"X-Tag", h)], head=req.method == b"HEAD"))
+        elif path == b"/api/extra":
+            rc.sock.sendall(http_response(200, b"ok") + EVIL)
+        elif path == b"/api/delayed-extra":
+            rc.sock.sendall(http_response(200, b"ok"))
+            time.sleep(0.1)
+            rc.sock.sendall(EVIL)
+        elif path == b"/api/both":
+            rc.sock.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"2\r\nok\r\n0\r\n\r\n" + EVIL
+            )
+        elif path == b"/api/two-lengths":
+            rc.sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\nok" + EVIL)
+        elif path == b"/api/short":
+            rc.sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEVIL-NOT-HTTP\r\n\r\n" + EVIL)
+        elif path.startswith(b"/api/nobody/"):
+            status = int(path.rsplit(b"/", 1)[1])
+            rc.sock.sendall(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(EVIL), EVIL))
+        else:
+            rc.sock.sendall(http_response(404, b"no route"))
+
+
+def fast_handler(rc: RawConn, server: RawServer) -> None:
+    """A fast keep-alive backend for big bodies (counts, never stores):
+
+    - ``GET /api/bytes/<n>``: n bytes, Content-Length framed, from a 1 MiB block
+    - ``POST /api/upload``: reads the body (any framing), answers ``received <n>``
+    Completed uploads are appended to ``server.uploads`` (their sizes).
+    """
+    while True:
+        req = read_request_head(rc)
+        if req is None:
+            return
+        path = req.target.partition(b"?")[0]
+        if path.startswith(b"/api/bytes/"):
+            n = int(path.rsplit(b"/", 1)[1])
+            read_request_body(rc, req, keep=False)
+            rc.sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % n)
+            view = memoryview(_BLOCK)
+            while n:
+                take = min(n, len(view))
+                rc.sock.sendall(view[:take])
+                n -= take
+        else:
+            read_request_body(rc, req, keep=False)
+            with server.lock:
+                server.uploads.append(req.body_len)  # type: ignore[attr-defined]
+            rc.sock.sendall(http_response(200, b"received %d" % req.body_len))
+
+
+def fast_backend() -> RawServer:
+    server = RawServer(fast_handler)
+    server.uploads = []  # type: ignore[attr-defined]
+    return server
+
+
+def restartable_handler(rc: RawConn, server: RawServer) -> None:
+    """Keep-alive echo of the request line's target; ``server.generation`` in ``X-Generation``."""
+    while True:
+        req = read_request_head(rc)
+        if req is None:
+            return
+        read_request_body(rc, req)
+        gen = getattr(server, "generation", 0)
+        rc.sock.sendall(http_response(200, req.target, [(b"X-Generation", b"%d" % gen)]))
+
+
+def flaky_keepalive_handler(seed: int) -> Any:
+    """A keep-alive backend that drops its connections at random moments: after 1 to 3
+    answered requests it either closes at once, closes after a short pause, or waits
+    for the next request and closes without a byte of answer. Never sends
+    ``Connection: close``. ``server.answered`` counts the answers."""
+    rng = random.Random(seed)
+    rng_lock = threading.Lock()
+
+    def handler(rc: RawConn, server: RawServer) -> None:
+        with rng_lock:
+            budget = rng.randint(1, 3)
+            how = rng.choice(["now", "pause", "on_next"])
+            pause = rng.uniform(0.0, 0.02)
+        for _ in range(budget):
+            req = read_request_head(rc)
+            if req is None:
+                return
+            read_request_body(rc, req)
+            rc.sock.sendall(http_response(200, req.target))
+            with server.lock:
+                server.answered = getattr(server, "answered", 0) + 1  # type: ignore[attr-defined]
+        if how == "pause":
+            time.sleep(pause)
+        elif how == "on_next":
+            rc.read_until(b"\r\n\r\n", 1 << 20)
+        # returning closes the socket (FIN; RST when a request was left unread)
+
+    return handler
