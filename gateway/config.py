@@ -38,11 +38,11 @@ class Upstream:
     port: int
     base_path: bytes  # prepended to the forwarded path; b"" for an origin
     display: str  # the URL with any userinfo redacted
+    origin: str = field(init=False, compare=False)  # scheme://host:port, derived once
 
-    @property
-    def origin(self) -> str:
+    def __post_init__(self) -> None:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}"
+        object.__setattr__(self, "origin", f"{self.scheme}://{host}:{self.port}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,14 @@ class Route:
     upstream_timeout_s: float
     max_body_bytes: int  # 0: no limit
     openapi_path: str = "/openapi.json"  # the backend's OpenAPI document, on its origin
+    # Derived once, used on every request.
+    prefix_bytes: bytes = field(init=False, repr=False, compare=False)
+    host_header: bytes = field(init=False, repr=False, compare=False)  # for HTTP/1.0 clients without Host
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefix_bytes", self.prefix.encode("ascii"))
+        host = f"[{self.upstream.host}]" if ":" in self.upstream.host else self.upstream.host
+        object.__setattr__(self, "host_header", f"{host}:{self.upstream.port}".encode("ascii"))
 
 
 @dataclass(frozen=True, slots=True)

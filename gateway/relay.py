@@ -84,10 +84,10 @@ async def proxy(client: ClientConnection, request: h11.Request, match: Match, re
         items,
         client_ip=client.client_ip_bytes,
         trusted=client.trusted,
-        prefix=route.prefix.encode("ascii"),
+        prefix=route.prefix_bytes,
         request_id=rec.request_id_bytes,
         chunked=chunked,
-        default_host=f"{route.upstream.host}:{route.upstream.port}".encode("ascii"),
+        default_host=route.host_header,
         traceparent=traceparent,
     )
     # Every byte here was validated by h11's parser or by us (config, request
@@ -248,7 +248,7 @@ async def _relay_response(
         route = rec.route
         origin = route.upstream.origin.encode("ascii")
         out_headers = [
-            (n, rewrite_location(v, origin, route.strip_to, route.prefix.encode("ascii")))
+            (n, rewrite_location(v, origin, route.strip_to, route.prefix_bytes))
             if n.lower() == b"location"
             else (n, v)
             for n, v in out_headers
