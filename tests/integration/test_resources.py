@@ -32,6 +32,7 @@ from tests.integration.helpers import (
     RssWatch,
     error_json,
     gateway_subprocess,
+    get_json,
     parse_responses_strict,
     raise_nofile_limit,
     read_response,
@@ -369,3 +370,29 @@ def test_client_that_does_not_read_holds_bounded_memory():
             result.update(status=status, got=got)
         assert (result["status"], result["got"]) == (200, 200 * MiB)
         assert rss.growth_mib < RSS_GROWTH_LIMIT_MIB, f"RSS grew {rss.growth_mib:.1f} MiB"
+
+
+
+def test_10000_idle_keepalive_connections_on_a_gateway_process():
+    """Issue 3: 10,000 idle keep-alive connections held at once by a gateway process while
+    requests still succeed (the gateway in its own process, as in production, so each side
+    has its own open-file limit)."""
+    n = 10_000
+    if raise_nofile_limit(n + 1024) < n + 100:
+        pytest.skip("the open-file hard limit is below 10,100 on this machine")
+    with backend() as be, gateway_subprocess(SERVICE1_URL=be.url, GATEWAY_ACCESS_LOG="off") as gp:
+        socks: list[socket.socket] = []
+        try:
+            for _ in range(n):
+                socks.append(connect(gp.port))
+            for s in socks:
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            for s in socks:
+                assert read_response(s, 10)[0] == 200
+            for _ in range(20):
+                assert request(gp.port, "GET", "/api/service1/echo")[0] == 200
+            status, doc = get_json(gp.port, "/api/gateway/status")
+            assert status == 200 and doc["connections"] >= n
+        finally:
+            for s in socks:
+                s.close()
