@@ -1,0 +1,1 @@
+"""The gateway benchmark: ``python -m benchmarks.run`` (see benchmarks/README.md)."""
