@@ -24,6 +24,27 @@ from gateway.pool import Pool
 from gateway.protocol import ClientConnection
 
 SWEEP_INTERVAL_S = 1.0
+ACCEPT_BATCH = 512
+ACCEPT_PAUSE_S = 0.5
+LISTEN_BACKLOG = 4096
+
+
+def listen_socket(config: Config) -> socket.socket:
+    """The listening socket: SO_REUSEADDR, and SO_REUSEPORT when workers share the port."""
+    family, kind, proto, _, addr = socket.getaddrinfo(
+        config.host, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if config.workers > 1:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(addr)
+        sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class Gateway:
@@ -89,28 +110,20 @@ class GatewayServer:
             log or Logger(access_log=config.access_log, level=config.log_level, recent_size=config.recent_size),
             worker_id,
         )
-        self._server: asyncio.Server | None = None
+        self._sock: socket.socket | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._accept_paused: asyncio.TimerHandle | None = None
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
+        assert self._sock is not None
+        return int(self._sock.getsockname()[1])
 
     async def start(self, sock: socket.socket | None = None) -> None:
-        loop = asyncio.get_running_loop()
+        self._sock = sock if sock is not None else listen_socket(self.config)
+        self._sock.setblocking(False)
+        asyncio.get_running_loop().add_reader(self._sock.fileno(), self._accept)
         cfg = self.config
-        if sock is not None:
-            self._server = await loop.create_server(lambda: ClientConnection(self.gw), sock=sock, backlog=4096)
-        else:
-            self._server = await loop.create_server(
-                lambda: ClientConnection(self.gw),
-                cfg.host,
-                cfg.port,
-                backlog=4096,
-                reuse_address=True,
-                reuse_port=cfg.workers > 1 or None,
-            )
         self._schedule_sweep()
         self.gw.state = "ok"
         self.gw.log.event(
@@ -134,6 +147,50 @@ class GatewayServer:
             },
         )
 
+    def _accept(self) -> None:
+        """Accept every pending connection (up to a batch) on each readiness.
+
+        libuv accepts one connection per loop iteration; under load an
+        iteration is long, so a burst of new clients would wait seconds in
+        the kernel's queue (and time out). asyncio's own selector loop also
+        accepts in a batch up to the backlog.
+        """
+        sock = self._sock
+        assert sock is not None
+        loop = asyncio.get_running_loop()
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # Out of file descriptors (EMFILE/ENFILE) and the like: stop
+                # accepting for a moment instead of spinning (asyncio does too).
+                self.gw.log.event("error", "accept_failed", error=exc.strerror or repr(exc))
+                loop.remove_reader(sock.fileno())
+                self._accept_paused = loop.call_later(ACCEPT_PAUSE_S, self._resume_accepting)
+                return
+            conn.setblocking(False)
+            loop.create_task(self._attach(conn))
+
+    async def _attach(self, conn: socket.socket) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: ClientConnection(self.gw), conn)
+        except OSError:  # the client is already gone
+            conn.close()
+
+    def _resume_accepting(self) -> None:
+        self._accept_paused = None
+        if self._sock is not None and self._sock.fileno() >= 0:
+            asyncio.get_running_loop().add_reader(self._sock.fileno(), self._accept)
+
+    def _stop_accepting(self) -> None:
+        if self._accept_paused is not None:
+            self._accept_paused.cancel()
+        if self._sock is not None and self._sock.fileno() >= 0:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock.close()
+
     def _schedule_sweep(self) -> None:
         loop = asyncio.get_running_loop()
 
@@ -152,8 +209,7 @@ class GatewayServer:
         gw.log.event("info", "draining", drain_delay_s=cfg.drain_delay_s, worker=gw.worker_id)
         if cfg.drain_delay_s:
             await asyncio.sleep(cfg.drain_delay_s)
-        if self._server is not None:
-            self._server.close()
+        self._stop_accepting()
         for conn in list(gw.connections):
             conn.shutdown()
         deadline = asyncio.get_running_loop().time() + cfg.shutdown_timeout_s
