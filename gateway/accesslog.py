@@ -11,7 +11,6 @@ import asyncio
 import collections
 import sys
 import time
-from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
 import orjson
@@ -19,8 +18,16 @@ import orjson
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
+_second_cache: list[Any] = [-1, ""]  # [whole second, "YYYY-MM-DDTHH:MM:SS"]
+
+
 def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """UTC with milliseconds and ``Z``; the date part is formatted once per second."""
+    sec = int(ts)
+    if sec != _second_cache[0]:
+        _second_cache[0] = sec
+        _second_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    return f"{_second_cache[1]}.{int((ts - sec) * 1000):03d}Z"
 
 
 class Record:
@@ -48,6 +55,7 @@ class Record:
         "trace_id",
         "route",
         "internal",
+        "end",
     )
 
     def __init__(self, client: str, method: bytes, target: bytes, request_id: bytes) -> None:
@@ -72,8 +80,9 @@ class Record:
         self.trace_id: str | None = None
         self.route: Any = None  # the config.Route when forwarded
         self.internal = False  # a gateway endpoint: kept out of `recent` (dashboards poll them)
+        self.end = 0.0  # perf_counter when the request was done
 
-    def as_dict(self, now: float) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         upstream_ms = (
             round((self.upstream_end - self.upstream_start) * 1000, 3) if self.upstream_start else None
         )
@@ -88,7 +97,7 @@ class Record:
             "status": self.status,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
-            "duration_ms": round((now - self.start) * 1000, 3),
+            "duration_ms": round((self.end - self.start) * 1000, 3),
             "upstream_ms": upstream_ms,
             "error": self.error,
             "trace_id": self.trace_id,
@@ -103,17 +112,18 @@ class Logger:
         self.access_log = access_log
         self.level = LEVELS[level]
         self.stream = stream if stream is not None else sys.stdout.buffer
-        self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=max(recent_size, 0) or None)
+        # Records, turned into dicts only when /api/gateway/recent is read.
+        self.recent: collections.deque[Record] = collections.deque(maxlen=max(recent_size, 0) or None)
         self._recent_enabled = recent_size > 0
         self._pending: list[bytes] = []
         self._flush_scheduled = False
 
     def access(self, rec: Record) -> None:
-        entry = rec.as_dict(time.perf_counter())
+        """Log a finished request (``rec.end`` set)."""
         if self._recent_enabled and not rec.internal:
-            self.recent.appendleft(entry)
+            self.recent.appendleft(rec)
         if self.access_log:
-            self._emit(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))
+            self._emit(orjson.dumps(rec.as_dict(), option=orjson.OPT_APPEND_NEWLINE))
 
     def event(self, level: str, event: str, **fields: Any) -> None:
         if LEVELS[level] < self.level:

@@ -114,7 +114,7 @@ def metrics(gw: Gateway) -> tuple[int, bytes, bytes]:
 
 
 def recent(gw: Gateway) -> tuple[int, bytes, bytes]:
-    return _json(200, {"requests": list(gw.log.recent)})
+    return _json(200, {"requests": [rec.as_dict() for rec in gw.log.recent]})
 
 
 def stats(gw: Gateway) -> Response:

@@ -99,25 +99,28 @@ class H11Protocol(asyncio.Protocol):
             else:
                 return event
 
-    async def wait_for_data(self) -> None:
-        """Return when more bytes (or EOF) arrived; callers bound it with a timeout."""
+    async def wait_for_data(self, deadline: float | None = None) -> None:
+        """Return when more bytes (or EOF) arrived; TimeoutError at ``deadline`` (loop time).
+
+        A timer only when we really wait, and no task cancellation: cheaper
+        than ``asyncio.timeout()`` around calls that mostly don't block.
+        """
         if self._buffer or (self.eof and not self._fed_eof):
             return
         if self._fed_eof:
             raise StreamClosed("peer closed the connection")
-        waiter = asyncio.get_running_loop().create_future()
-        self._data_waiter = waiter
+        self._data_waiter = waiter = asyncio.get_running_loop().create_future()
         try:
-            await waiter
+            await _wait(waiter, deadline)
         finally:
             self._data_waiter = None
 
-    async def receive_event(self) -> Any:
+    async def receive_event(self, deadline: float | None = None) -> Any:
         while True:
             event = self.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            await self.wait_for_data()
+            await self.wait_for_data(deadline)
 
     def discard_input(self) -> None:
         """Drop what was received and not parsed (lingering close)."""
@@ -136,15 +139,15 @@ class H11Protocol(asyncio.Protocol):
             raise StreamClosed("connection closed")
         self.transport.write(data)
 
-    async def drain(self) -> None:
+    async def drain(self, deadline: float | None = None) -> None:
+        """Wait until the transport's buffer is below its high-water mark."""
         if self.closed:
             raise StreamClosed("connection closed")
         if not self._writing_paused:
             return
-        waiter = asyncio.get_running_loop().create_future()
-        self._drain_waiter = waiter
+        self._drain_waiter = waiter = asyncio.get_running_loop().create_future()
         try:
-            await waiter
+            await _wait(waiter, deadline)
         finally:
             self._drain_waiter = None
         if self.closed:
@@ -153,3 +156,19 @@ class H11Protocol(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.abort()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+async def _wait(waiter: asyncio.Future[None], deadline: float | None) -> None:
+    if deadline is None:
+        await waiter
+        return
+    timer = asyncio.get_running_loop().call_at(deadline, _expire, waiter)
+    try:
+        await waiter
+    finally:
+        timer.cancel()

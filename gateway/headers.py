@@ -77,8 +77,32 @@ def valid_request_id(value: bytes) -> bool:
     return _REQUEST_ID_RE.match(value) is not None
 
 
+class _RandomHex:
+    """Random lower-case hex from one ``os.urandom`` call per 4 KiB, not one per id."""
+
+    __slots__ = ("_hex", "_pos")
+
+    def __init__(self) -> None:
+        self._hex = b""
+        self._pos = 0
+
+    def take(self, chars: int) -> bytes:
+        pos = self._pos
+        if pos + chars > len(self._hex):
+            self._hex = os.urandom(4096).hex().encode("ascii")
+            pos = 0
+        self._pos = pos + chars
+        return self._hex[pos : pos + chars]
+
+
+_random = _RandomHex()
+random_hex = _random.take
+# Forked workers must not hand out the same ids as their siblings.
+os.register_at_fork(after_in_child=_random.__init__)
+
+
 def new_request_id() -> bytes:
-    return os.urandom(16).hex().encode("ascii")
+    return random_hex(32)
 
 
 def request_id_of(items: Iterable[FullHeader]) -> bytes:
@@ -197,8 +221,9 @@ def trace_context(items: Iterable[FullHeader]) -> tuple[bytes, bytes]:
             and m.group(3) != _ZERO_PARENT
         ):
             return found, m.group(2)
-    trace_id = os.urandom(16).hex().encode("ascii")
-    return b"00-" + trace_id + b"-" + os.urandom(8).hex().encode("ascii") + b"-01", trace_id
+    ids = random_hex(48)
+    trace_id = ids[:32]
+    return b"00-" + trace_id + b"-" + ids[32:] + b"-01", trace_id
 
 
 def rewrite_location(value: bytes, origin: bytes, strip_to: bytes, prefix: bytes) -> bytes:

@@ -125,15 +125,13 @@ class ClientConnection(H11Protocol):
                 if self.gw.draining:
                     return None
                 try:
-                    async with asyncio.timeout(cfg.keepalive_timeout_s):
-                        await self.wait_for_data()
+                    await self.wait_for_data(loop.time() + cfg.keepalive_timeout_s)
                 except (TimeoutError, StreamClosed):
                     return None
                 self._head_deadline = loop.time() + cfg.client_header_timeout_s
             if event is h11.NEED_DATA:
                 try:
-                    async with asyncio.timeout_at(self._head_deadline):
-                        event = await self.receive_event()
+                    event = await self.receive_event(self._head_deadline)
                 except TimeoutError:
                     if self.has_buffered_data or self.h11.trailing_data[0]:
                         self._respond_error(RequestTimeout(), None, None)

@@ -140,8 +140,7 @@ async def _exchange(
                 client.write(client.h11.send(h11.InformationalResponse(status_code=100, headers=(), reason=b"Continue")))
             body_task = asyncio.get_running_loop().create_task(_send_body(client, conn, limit, timeout_s, rec))
         try:
-            async with asyncio.timeout(timeout_s):
-                response = await conn.receive_response()
+            response = await conn.receive_response(asyncio.get_running_loop().time() + timeout_s)
         except TimeoutError:
             _raise_body_error(body_task)
             raise ReadTimeout(f"no response from upstream within {timeout_s:g}s") from None
@@ -178,12 +177,12 @@ async def _send_body(
     On any failure the upstream connection is aborted so the coroutine
     waiting for the response wakes up and reports this task's error.
     """
+    loop = asyncio.get_running_loop()
     try:
         total = 0
         while True:
             try:
-                async with asyncio.timeout(timeout_s):
-                    event = await client.receive_event()
+                event = await client.receive_event(loop.time() + timeout_s)
             except TimeoutError:
                 raise RequestTimeout(f"client sent no body data for {timeout_s:g}s") from None
             except h11.RemoteProtocolError as exc:
@@ -198,8 +197,7 @@ async def _send_body(
                     raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
                 try:
                     conn.write(conn.h11.send(event))
-                    async with asyncio.timeout(timeout_s):
-                        await conn.drain()
+                    await conn.drain(loop.time() + timeout_s)
                 except TimeoutError:
                     raise ReadTimeout(f"upstream accepted no body data for {timeout_s:g}s") from None
                 except StreamClosed:
@@ -230,6 +228,7 @@ async def _relay_response(
     timeout_s: float,
     rec: Record,
 ) -> None:
+    loop = asyncio.get_running_loop()
     items = full_items(response.headers)
     has_te = has_cl = False
     for _, name, _ in items:
@@ -281,11 +280,9 @@ async def _relay_response(
             if out:
                 client.write(b"".join(out))
                 out.clear()
-                async with asyncio.timeout(timeout_s):
-                    await client.drain()
+                await client.drain(loop.time() + timeout_s)
             try:
-                async with asyncio.timeout(timeout_s):
-                    await conn.wait_for_data()
+                await conn.wait_for_data(loop.time() + timeout_s)
             except TimeoutError:
                 raise ReadTimeout(f"upstream sent no body data for {timeout_s:g}s") from None
             except StreamClosed:

@@ -91,7 +91,7 @@ class Gateway:
         return trusted
 
     def record(self, rec: Record) -> None:
-        now = time.perf_counter()
+        rec.end = now = time.perf_counter()
         upstream_s = rec.upstream_end - rec.upstream_start if rec.upstream_start else None
         self.metrics.record(
             rec.service, rec.method, rec.status, rec.error, now - rec.start, upstream_s,

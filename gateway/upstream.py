@@ -101,11 +101,11 @@ class UpstreamConnection(H11Protocol):
                 ) from None
             raise UpstreamProtocolError(f"invalid response from upstream: {exc}") from None
 
-    async def receive_response(self) -> h11.Response:
+    async def receive_response(self, deadline: float) -> h11.Response:
         """The final response head, skipping 1xx (100 Continue, 103 Early Hints)."""
         while True:
             try:
-                event = await self.receive_event()
+                event = await self.receive_event(deadline)
             except StreamClosed:
                 raise UpstreamClosed("upstream closed the connection before responding") from None
             if type(event) is h11.Response:
