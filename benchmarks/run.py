@@ -716,7 +716,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
         fontsize=12,
     )
     handles, labels = ax_rps.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), bbox_to_anchor=(0.5, 0.965), fontsize=9,
+    fig.legend(handles, labels, loc="upper center", ncol=max(1, len(labels)), bbox_to_anchor=(0.5, 0.965), fontsize=9,
                frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.94))
     fig.savefig(path, dpi=110)
