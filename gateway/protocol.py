@@ -111,8 +111,20 @@ class ClientConnection(H11Protocol):
                 self.transport.close()
 
     def shutdown(self) -> None:
-        """Drain: idle connections close now; busy ones finish with Connection: close."""
-        if not self.in_flight and not self.closed:
+        """Drain: idle connections close now; busy ones finish with Connection: close.
+
+        Idle means between two requests of a keep-alive connection. A new
+        connection (its request may still be on the wire) and one whose bytes
+        arrived but are not parsed yet are answered, with Connection: close,
+        like requests in flight; the header timeout bounds a silent one.
+        """
+        if (
+            self.cycles
+            and not self.in_flight
+            and not self.closed
+            and not self.has_buffered_data
+            and not self.h11.trailing_data[0]
+        ):
             self.transport.close()
 
     async def _read_head(self) -> h11.Request | None:

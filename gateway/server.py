@@ -188,6 +188,10 @@ class GatewayServer:
         if self._accept_paused is not None:
             self._accept_paused.cancel()
         if self._sock is not None and self._sock.fileno() >= 0:
+            # Connections the kernel already completed are in flight from the
+            # client's side: take them (they are answered with Connection:
+            # close) rather than reset them by closing the queue under them.
+            self._accept()
             asyncio.get_running_loop().remove_reader(self._sock.fileno())
             self._sock.close()
 
