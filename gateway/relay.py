@@ -262,14 +262,12 @@ async def _relay_response(
     client.add_response_headers(out_headers, rec)
     rec.status = response.status_code
     hconn = client.h11
-    out = [
-        hconn.send(
-            h11.Response(
-                status_code=response.status_code, headers=out_headers, reason=response.reason, _parsed=True
-            )
-        )
-    ]
-    rec.response_started = True
+    head = h11.Response(status_code=response.status_code, headers=out_headers, reason=response.reason, _parsed=True)
+    # The head goes to h11 (and so the response "starts") only at the first
+    # write: if the backend's body turns out broken before that, the client
+    # still gets a clean 502 instead of a cut-off response.
+    held: list[h11.Data] | None = []
+    out: list[bytes] = []
     sent = 0
     # Write only when about to wait on the backend: a small response leaves
     # in one write, a large one in chunks as they arrive (coalesced writes).
@@ -277,10 +275,14 @@ async def _relay_response(
         event = conn.next_event()
         kind = type(event)
         if event is h11.NEED_DATA:
-            if out:
-                client.write(b"".join(out))
-                out.clear()
-                await client.drain(loop.time() + timeout_s)
+            if held is not None:
+                out.append(hconn.send(head))
+                out.extend(hconn.send(data) for data in held)
+                held = None
+                rec.response_started = True
+            client.write(b"".join(out))
+            out.clear()
+            await client.drain(loop.time() + timeout_s)
             try:
                 await conn.wait_for_data(loop.time() + timeout_s)
             except TimeoutError:
@@ -289,15 +291,22 @@ async def _relay_response(
                 raise UpstreamClosed("upstream closed mid-response", response_started=True) from None
         elif kind is h11.Data:
             sent += len(event.data)
-            out.append(hconn.send(event))
+            if held is not None:
+                held.append(event)
+            else:
+                out.append(hconn.send(event))
         elif kind is h11.EndOfMessage:
+            if held is not None:
+                out.append(hconn.send(head))
+                out.extend(hconn.send(data) for data in held)
+                rec.response_started = True
             trailers = event.headers if has_te and request.http_version == b"1.1" else ()
             out.append(hconn.send(h11.EndOfMessage(headers=trailers)))
             client.write(b"".join(out))
             rec.bytes_out = sent
             return
         elif kind is h11.ConnectionClosed:
-            raise UpstreamClosed("upstream closed mid-response", response_started=True)
+            raise UpstreamClosed("upstream closed mid-response", response_started=held is None)
         else:  # pragma: no cover
-            raise UpstreamClosed(f"unexpected upstream event {kind.__name__}", response_started=True)
+            raise UpstreamClosed(f"unexpected upstream event {kind.__name__}", response_started=held is None)
         rec.bytes_out = sent

@@ -386,3 +386,22 @@ def test_services_state_resets_after_success(gateway_factory):
         assert state["last_success"] is not None
         rfc3339(state["last_success"])
         wait_pool_settled(gw)
+
+
+def _bad_chunk(conn):
+    """A 200 head, then a chunk size that is not hex, in the same write."""
+    from tests.backends import _read_head
+
+    _read_head(conn)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n")
+    time.sleep(0.5)
+    conn.close()
+
+
+def test_broken_body_before_anything_was_sent_is_502(gateway_factory):
+    """Errors: a backend whose response turns out invalid before the gateway wrote a
+    byte of it gives the client a clean 502 bad_gateway, not a cut-off response."""
+    with raw_server(_bad_chunk) as port:
+        gw = gateway_factory(SERVICE1_URL=f"http://127.0.0.1:{port}")
+        status, _, body = request(gw.port, "GET", "/api/service1/x")
+        assert status == 502 and error_json(body)["error"] == "bad_gateway"
