@@ -23,6 +23,7 @@ import hashlib
 import json
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -175,10 +176,19 @@ def make_handler(backend_ref: list[Backend], idle_close_s: float | None) -> type
     return Handler
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """Tests cut connections on purpose (timeouts, resets): no tracebacks for those."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionError, ValueError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
 @contextmanager
 def backend(idle_close_s: float | None = None) -> Iterator[Backend]:
     ref: list[Backend] = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(ref, idle_close_s))
+    server = _QuietServer(("127.0.0.1", 0), make_handler(ref, idle_close_s))
     server.daemon_threads = True
     ref.append(Backend(server))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
