@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import re
+import resource
 import socket
+import subprocess
+import sys
+import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -134,17 +145,6 @@ def _declared_length(data: bytes) -> int:
 
 
 # --- hardening helpers: strict response parsing, RSS, a subprocess gateway ------------
-import os  # noqa: E402 - appended section, kept self-contained
-import re  # noqa: E402
-import resource  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 _STATUS_LINE = re.compile(rb"HTTP/1\.1 ([1-5][0-9][0-9]) [\t\x20-\x7e\x80-\xff]*\Z")
 _RESP_FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*\Z")
@@ -364,3 +364,13 @@ def gateway_subprocess(soft_nofile: int | None = None, **env: str) -> Iterator[G
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 3.0) -> Any:
+    """Poll until ``predicate()`` is truthy: the gateway records a request just after answering it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.01)

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests.backends import backend, raw_server
-from tests.integration.helpers import error_json, request, split_responses
+from tests.integration.helpers import error_json, request, split_responses, wait_for
 
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:+=/-]{1,128}\Z")
 # What the gateway itself adds on the way up (Forwarding; traceparent: Extras, Tracing).
@@ -161,15 +161,6 @@ def http_request(method: str, target: str, headers: Sequence[tuple[str, str]] = 
         lines.append(b"Content-Length: %d" % len(body))
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 3.0) -> Any:
-    """Poll until truthy: the gateway logs and releases just after the response is out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.01)
 
 
 def end_to_end(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:

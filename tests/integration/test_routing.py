@@ -16,17 +16,8 @@ from typing import Any
 import pytest
 
 from tests.backends import backend, free_port
-from tests.integration.helpers import error_json, get_json, request
+from tests.integration.helpers import error_json, get_json, request, wait_for
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 2.0) -> Any:
-    """Poll until ``predicate()`` is truthy: the gateway records a request just after answering it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.01)
 
 
 def rfc3339(value: str) -> datetime:
