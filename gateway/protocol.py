@@ -133,9 +133,10 @@ class ClientConnection(H11Protocol):
         try:
             event = self.next_event()
             if event is h11.NEED_DATA and self.cycles:
-                # Between requests: wait for a first byte up to the keep-alive timeout.
-                if self.gw.draining:
-                    return None
+                # Between requests: wait for a first byte up to the keep-alive
+                # timeout. While draining too: this client got a keep-alive
+                # answer and may be sending its next request right now; the
+                # server closes idle connections once the listener is closed.
                 try:
                     await self.wait_for_data(loop.time() + cfg.keepalive_timeout_s)
                 except (TimeoutError, StreamClosed):
