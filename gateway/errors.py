@@ -50,6 +50,10 @@ class HeaderTooLarge(GatewayError):
     default_message = "request head too large"
 
 
+class VersionNotSupported(GatewayError):
+    status, code, default_message = 505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are served"
+
+
 class BadGateway(GatewayError):
     status, code, default_message = 502, "bad_gateway", "upstream error"
 
@@ -106,6 +110,7 @@ _STATUS_CODES = {
     502: "bad_gateway",
     503: "service_unavailable",
     504: "gateway_timeout",
+    505: "http_version_not_supported",
 }
 
 

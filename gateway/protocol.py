@@ -27,6 +27,7 @@ from gateway.errors import (
     HeaderTooLarge,
     NotFound,
     RequestTimeout,
+    VersionNotSupported,
     error_body,
 )
 from gateway.flow import H11Protocol, StreamClosed
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 _CAN_RESPOND = (h11.IDLE, h11.SEND_RESPONSE)
-_CLOSE_AFTER = frozenset({400, 408, 413, 431})
+_CLOSE_AFTER = frozenset({400, 408, 413, 431, 505})
 # After an error response with the request body unread, keep reading (and
 # dropping) for a moment before closing, so the client reads our response
 # instead of a reset (nginx's lingering_close).
@@ -171,6 +172,9 @@ class ClientConnection(H11Protocol):
         self.in_flight = True
         gw.metrics.in_flight += 1
         try:
+            if request.http_version not in (b"1.1", b"1.0"):
+                # h11 parses any HTTP/x.y line; nginx answers 505 for a major version other than 1.
+                raise VersionNotSupported()
             if request.target[:1] != b"/":
                 raise BadRequest("request target must be a path (origin-form)")
             match = gw.router.match(request.target)

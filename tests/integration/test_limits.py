@@ -297,3 +297,19 @@ def test_obs_fold_is_rejected_or_unfolded(gateway_factory):
         assert value is not None and "\r" not in value and "\n" not in value, value
         assert value.split() == ["a", "b"], value
         assert seen.header(" b") is None and not any(k.strip() == "b" for k, _ in seen.headers)
+
+
+def test_http_version_other_than_1_is_505_then_close(gateway_factory):
+    """Choices where the contract is silent (nginx): a request line of another HTTP major
+    version gets 505 http_version_not_supported and a close; nothing reaches the backend."""
+    from tests.integration.helpers import raw
+
+    with backend() as be:
+        gw = gateway_factory(SERVICE1_URL=be.url)
+        for version in (b"HTTP/2.0", b"HTTP/3.1"):
+            data = raw(gw.port, b"GET /api/service1/x " + version + b"\r\nHost: a\r\n\r\nGET /api/service1/y HTTP/1.1\r\nHost: a\r\n\r\n")
+            head, _, body = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 505 ")
+            assert b"connection: close" in head.lower()
+            assert error_json(body)["error"] == "http_version_not_supported"
+        assert be.seen == []
