@@ -50,8 +50,6 @@ class Record:
         "upstream_start",
         "upstream_end",
         "response_started",
-        "retries",
-        "message",
         "trace_id",
         "route",
         "internal",
@@ -75,8 +73,6 @@ class Record:
         self.upstream_start = 0.0
         self.upstream_end = 0.0
         self.response_started = False
-        self.retries = 0
-        self.message: str | None = None
         self.trace_id: str | None = None
         self.route: Any = None  # the config.Route when forwarded
         self.internal = False  # a gateway endpoint: kept out of `recent` (dashboards poll them)

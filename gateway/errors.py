@@ -75,9 +75,7 @@ class ConnectFailed(BadGateway):
 class UpstreamClosed(BadGateway):
     """The backend closed or reset the connection before a complete response."""
 
-    def __init__(self, message: str | None = None, *, response_started: bool = False) -> None:
-        super().__init__(message or "upstream closed the connection")
-        self.response_started = response_started
+    default_message = "upstream closed the connection"
 
 
 class UpstreamProtocolError(BadGateway):
@@ -98,25 +96,6 @@ class PoolTimeout(ServiceUnavailable):
 
 class ClientGone(Exception):
     """The client closed its connection; nothing more can be sent to it."""
-
-
-_STATUS_CODES = {
-    400: "bad_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    408: "request_timeout",
-    413: "payload_too_large",
-    431: "request_header_fields_too_large",
-    502: "bad_gateway",
-    503: "service_unavailable",
-    504: "gateway_timeout",
-    505: "http_version_not_supported",
-}
-
-
-def code_for_status(status: int) -> str:
-    """The contract's error code for a status (h11's error_status_hint)."""
-    return _STATUS_CODES.get(status, "bad_request" if 400 <= status < 500 else "internal_error")
 
 
 def error_body(status: int, code: str, message: str, request_id: str, **extra: object) -> bytes:

@@ -41,18 +41,6 @@ class Histogram:
         self.total += seconds
         self.n += 1
 
-    def quantile(self, q: float) -> float | None:
-        """Upper bucket bound holding quantile ``q`` (what Prometheus would estimate at most)."""
-        if not self.n:
-            return None
-        rank = q * self.n
-        seen = 0
-        for i, count in enumerate(self.counts):
-            seen += count
-            if seen >= rank:
-                return BUCKETS[i] if i < len(BUCKETS) else float("inf")
-        return float("inf")  # pragma: no cover
-
 
 @dataclass(slots=True)
 class ServiceState:

@@ -38,7 +38,6 @@ class Pool:
         self._total = 0  # busy + idle + connecting
         # A waiter's future gets a connection, or None: "a slot is yours, connect".
         self._waiters: collections.deque[asyncio.Future[UpstreamConnection | None]] = collections.deque()
-        self.connects = 0
         self.closed = False
 
     def __repr__(self) -> str:
@@ -119,7 +118,6 @@ class Pool:
             raise ConnectFailed(f"cannot resolve {up.host!r}: {exc.strerror or exc}") from None
         except OSError as exc:
             raise ConnectFailed(f"cannot connect to {self.origin}: {exc.strerror or exc}") from None
-        self.connects += 1
         conn.state = ConnState.ACTIVE
         return conn
 

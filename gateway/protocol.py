@@ -193,7 +193,6 @@ class ClientConnection(H11Protocol):
                 await proxy(self, request, match, rec)
         except GatewayError as exc:
             rec.error = exc.code
-            rec.message = exc.message
             if exc.status >= 500:
                 gw.log.event(
                     "warning", "upstream_error", request_id=rec.request_id, service=rec.service,
@@ -300,7 +299,6 @@ class ClientConnection(H11Protocol):
             # No request line to log against (bad head, 408, 431): still one access-log line.
             rec = Record(self.client_ip, b"-", b"-", new_request_id())
             rec.error = error.code
-            rec.message = error.message
             try:
                 self._send_error(error, rec, b"GET")
             except (h11.LocalProtocolError, StreamClosed):

@@ -110,7 +110,6 @@ async def proxy(client: ClientConnection, request: h11.Request, match: Match, re
             # goes out again, once, on a new connection (CONTRACT.md, Forwarding).
             if retry_allowed and not fresh and conn.reused and conn.bytes_received == 0:
                 fresh = True
-                rec.retries += 1
                 continue
             raise
         except BaseException:
@@ -288,7 +287,7 @@ async def _relay_response(
             except TimeoutError:
                 raise ReadTimeout(f"upstream sent no body data for {timeout_s:g}s") from None
             except StreamClosed:
-                raise UpstreamClosed("upstream closed mid-response", response_started=True) from None
+                raise UpstreamClosed("upstream closed mid-response") from None
         elif kind is h11.Data:
             sent += len(event.data)
             if held is not None:
@@ -306,7 +305,7 @@ async def _relay_response(
             rec.bytes_out = sent
             return
         elif kind is h11.ConnectionClosed:
-            raise UpstreamClosed("upstream closed mid-response", response_started=held is None)
+            raise UpstreamClosed("upstream closed mid-response")
         else:  # pragma: no cover
-            raise UpstreamClosed(f"unexpected upstream event {kind.__name__}", response_started=held is None)
+            raise UpstreamClosed(f"unexpected upstream event {kind.__name__}")
         rec.bytes_out = sent
