@@ -22,7 +22,7 @@ if ! _have_uv && "${PYTHON:-python3}" -m pip --version >/dev/null 2>&1; then
 fi
 if ! _have_uv && command -v pipx >/dev/null 2>&1; then
   echo "uv not found: installing it with pipx (pipx install uv)" >&2
-  pipx install --quiet uv || true
+  pipx install uv >&2 || true  # (no --quiet: older pipx, e.g. Debian 12's, lacks it)
 fi
 if ! _have_uv; then
   echo "uv is needed and could not be installed with pip or pipx: install it with the official installer, see $UV_INSTALL_DOCS" >&2
