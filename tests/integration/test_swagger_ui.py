@@ -127,7 +127,8 @@ def execute(b: Browser, block: str) -> tuple[str, str]:
 def test_swagger_ui_in_headless_chromium_tries_json_and_file_posts(gateway_factory, tmp_path):
     """Extras: Swagger UI renders the operations of two FastAPI services (OpenAPI 3.1), and
     try-it-out sends a JSON POST and a multipart form with a file through the gateway; the
-    backends' answers appear in the page. Every request the page makes goes to the gateway."""
+    backends' answers appear in the page. A service that is down is named, with the reason.
+    Every request the page makes goes to the gateway."""
     attachment = tmp_path / "hello.txt"
     attachment.write_bytes(b"hello from swagger ui\n")
     with uvicorn_app("examples.service1") as s1, uvicorn_app("examples.service2") as s2:
@@ -137,6 +138,9 @@ def test_swagger_ui_in_headless_chromium_tries_json_and_file_posts(gateway_facto
         with Browser(tmp_path / "profile") as b:
             b.goto(f"{gw.url}/api/gateway/docs")
             b.wait_for("document.querySelectorAll('.opblock').length > 0")
+            down = b.wait_for("document.querySelector('#gateway-unavailable [data-service=billing]')?.innerText")
+            unavailable = b.js("[...document.querySelectorAll('#gateway-unavailable [data-service]')]"
+                               ".map(e => e.dataset.service)")
             title = b.js("document.querySelector('.info .title')?.innerText")
             paths = b.js("[...document.querySelectorAll('.opblock')].map(e => "
                          "e.querySelector('.opblock-summary-method').innerText + ' ' + "
@@ -162,6 +166,7 @@ def test_swagger_ui_in_headless_chromium_tries_json_and_file_posts(gateway_facto
                  if not r["path"].startswith("/api/gateway/")]
 
     assert "OAS 3.1" in title
+    assert unavailable == ["billing"] and "unavailable (connection refused" in down, down
     assert {"GET /api/service1/orders", "POST /api/service1/orders", "POST /api/service2/notifications/send",
             "POST /api/service2/notifications/attachments"} <= set(paths), paths
     assert json_status == "201", json_body
