@@ -3,10 +3,12 @@
 Run: uv run --frozen uvicorn examples.service2:app --host 127.0.0.1 --port 8002
 """
 
+import hashlib
 from datetime import datetime, timezone
+from typing import Annotated
 from uuid import uuid4
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, File, Form, Request, UploadFile
 from pydantic import BaseModel
 
 app = FastAPI(title="service2 (notifications)")
@@ -48,3 +50,16 @@ async def send_notification(notification: NotificationIn) -> dict:
 @app.get("/api/notifications")
 async def list_notifications() -> list[Notification]:
     return NOTIFICATIONS
+
+
+@app.post("/api/notifications/attachments", status_code=201)
+async def upload_attachment(to: Annotated[str, Form()], file: Annotated[UploadFile, File()]) -> dict:
+    """A form with a file (multipart/form-data): what a browser's upload form sends."""
+    data = await file.read()
+    return {
+        "to": to,
+        "filename": file.filename,
+        "content_type": file.content_type,
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }

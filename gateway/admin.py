@@ -27,19 +27,21 @@ PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
 
 
 Response = tuple[int, bytes, bytes]
+Extra = tuple[tuple[bytes, bytes], ...]  # headers beyond the content type (the docs' Cache-Control)
 
 
-async def serve(gw: Gateway, endpoint: str, method: bytes, rest: bytes = b"") -> Response:
-    """(status, content type, body) for a gateway endpoint; ``rest`` is the path
-    below a prefix endpoint (``api.GATEWAY_PREFIX_ENDPOINTS``)."""
+async def serve(gw: Gateway, endpoint: str, method: bytes, rest: bytes = b"") -> tuple[int, bytes, bytes, Extra]:
+    """(status, content type, body, extra headers) for a gateway endpoint; ``rest``
+    is the path below a prefix endpoint (``api.GATEWAY_PREFIX_ENDPOINTS``)."""
     if endpoint == "not_found":
         raise NotFound("no such gateway endpoint")
     if method not in (b"GET", b"HEAD"):
         raise MethodNotAllowed(f"{method.decode('ascii', 'replace')} is not allowed here; use GET or HEAD")
-    if endpoint == "docs_asset":
-        return docs_asset(rest)
+    if endpoint in ("docs", "docs_asset"):
+        return docs_asset(b"/" if endpoint == "docs" else rest)
     result = _HANDLERS[endpoint](gw)
-    return await result if inspect.isawaitable(result) else result
+    status, ctype, body = await result if inspect.isawaitable(result) else result
+    return status, ctype, body, ()
 
 
 def _json(status: int, payload: Any) -> tuple[int, bytes, bytes]:
@@ -136,14 +138,9 @@ def dashboard(gw: Gateway) -> Response:
     return 200, webui.HTML, webui.dashboard_page()
 
 
-def docs(gw: Gateway) -> Response:
-    return 200, webui.HTML, webui.docs_page()
-
-
-def docs_asset(rest: bytes) -> Response:
-    if rest == b"/":
-        return 200, webui.HTML, webui.docs_page()
-    asset = webui.docs_asset(rest[1:])
+def docs_asset(rest: bytes) -> tuple[int, bytes, bytes, Extra]:
+    """``/api/gateway/docs`` (and ``/api/gateway/docs/``): Swagger UI's page; below it, its files."""
+    asset = webui.docs_page() if rest == b"/" else webui.docs_asset(rest[1:])
     if asset is None:
         raise NotFound("no such file under /api/gateway/docs")
     return 200, *asset
@@ -158,5 +155,4 @@ _HANDLERS: dict[str, Callable[[Gateway], Response | Awaitable[Response]]] = {
     "stats": stats,
     "openapi": openapi,
     "dashboard": dashboard,
-    "docs": docs,
 }

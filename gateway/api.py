@@ -44,7 +44,7 @@ class Match:
     route: Route | None = None
     endpoint: str | None = None  # "health", "status", ...; "not_found" under /api/gateway
     upstream_target: bytes = b""  # for a route: what to request upstream
-    rest: bytes = b""  # for a prefix endpoint: the path below its prefix ("/docs.js")
+    rest: bytes = b""  # for a prefix endpoint: the path below its prefix ("/swagger-ui.css")
 
 
 class _Node:

@@ -1,15 +1,19 @@
 """``gateway`` / ``python -m gateway``: configuration from the environment, then serve.
 
-A bad configuration value prints one line naming the variable and exits 2.
+A bad configuration value prints one line naming the variable and exits 2, as
+does a command line argparse rejects (usage on stderr); ``--help``, ``check
+--help`` and ``--version`` print and exit 0 without reading the configuration.
 ``GATEWAY_WORKERS=N`` (or ``auto``) runs N worker processes under a supervisor.
 """
 
 from __future__ import annotations
 
+import argparse
 import resource
 import sys
 from collections.abc import Sequence
 
+from gateway import __version__
 from gateway.config import Config, ConfigError, from_env
 
 
@@ -40,23 +44,39 @@ def run_worker(config: Config, worker_id: int) -> int:
     return 0
 
 
+def parser() -> argparse.ArgumentParser:
+    """The command line: ``gateway`` serves, ``gateway check`` probes; the rest is the environment."""
+    p = argparse.ArgumentParser(
+        prog="gateway",
+        description="A fast, strict HTTP/1.1 API gateway. Without a command it serves.",
+        epilog="Configured by environment variables only: GATEWAY_* and <NAME>_URL (README, Configuration).",
+    )
+    p.add_argument("-V", "--version", action="version", version=f"gateway {__version__}")
+    commands = p.add_subparsers(dest="command", title="commands", metavar="{check}")
+    commands.add_parser(
+        "check",
+        help="validate the configuration and probe every backend once",
+        description="Validate the configuration, probe every backend once with a keep-alive request and print one "
+        "line per backend. Exit 0: all is well; 1: a backend has a problem; 2: a configuration error.",
+        epilog="Configured by the same environment variables as the gateway itself.",
+    )
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in ("-h", "--help"):
-        print(
-            "usage: gateway          serve (configured by GATEWAY_* and <NAME>_URL environment variables)\n"
-            "       gateway check    validate the configuration and probe every backend once"
-        )
-        return 0
-    if args and args[0] != "check":
-        print(f"gateway: unknown command {args[0]!r} (try --help)", file=sys.stderr)
-        return 2
+    try:
+        # argparse's conventions: --help/--version print and exit 0; an unknown
+        # flag, command or extra argument prints usage to stderr and exits 2.
+        command = parser().parse_args(args).command
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
     try:
         config = from_env()
     except ConfigError as exc:
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2
-    if args:  # "check"
+    if command == "check":
         import asyncio
 
         from gateway.check import check

@@ -182,8 +182,8 @@ class ClientConnection(H11Protocol):
                 raise NotFound(f"no route for {rec.path.split('?', 1)[0]}")
             if match.endpoint is not None:
                 rec.internal = match.endpoint != "not_found"
-                status, content_type, body = await admin.serve(gw, match.endpoint, request.method, match.rest)
-                self.respond(status, content_type, body, rec, request.method)
+                status, content_type, body, extra = await admin.serve(gw, match.endpoint, request.method, match.rest)
+                self.respond(status, content_type, body, rec, request.method, extra)
             else:
                 route = match.route
                 assert route is not None
