@@ -22,7 +22,7 @@ builds or runs an image. Instead:
 What stays unverified here: the base images themselves (``python:3.11-slim``,
 ``ghcr.io/astral-sh/uv``), ``RUN`` steps other than ``uv sync`` (the user
 creation), BuildKit cache mounts, container networking and DNS, and a real
-cluster (see the README, "Deploy").
+cluster (see docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -962,7 +962,7 @@ def test_configmap_and_compose_name_the_same_backends(
 
 
 def test_deploy_readme_documents_both() -> None:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "README.md").read_text() + (ROOT / "docs" / "deploy.md").read_text()
     needles = ("docker compose up", "kubectl apply -k deploy/kubernetes", "GATEWAY_WORKERS", "HorizontalPodAutoscaler")
     for needle in needles:
         assert needle in text, needle
