@@ -38,7 +38,13 @@ def run_workers(config: Config, worker_main: Callable[[Config, int], int], log: 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     children: dict[int, tuple[int, float]] = {}  # pid -> (worker id, start time)
-    state_dir = shared.make_directory()
+    try:
+        state_dir = shared.make_directory()
+    except OSError as exc:
+        log.event("error", "supervisor_failed", error=f"cannot create the workers' directory: {exc}",
+                  detail="set TMPDIR to a writable directory")
+        log.flush()
+        return 1
     retired = 0
 
     def retire(pid: int) -> None:
