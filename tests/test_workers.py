@@ -35,8 +35,8 @@ def _cgroup(tmp_path: Path, proc_line: str, files: dict[str, str]) -> tuple[str,
         ("0::/kubepods/pod1", {"kubepods/cpu.max": "100000 100000\n", "kubepods/pod1/cpu.max": "max 100000\n"}, 8, 1),
         ("0::/", {"cpu.max": "50000 100000\n"}, 8, 1),  # half a CPU: still one worker
         # cgroup v1: quota / period; -1 is no quota
-        ("4:cpu,cpuacct:/", {"cpu,cpuacct/cpu.cfs_quota_us": "300000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 8, 3),
-        ("4:cpu,cpuacct:/", {"cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 8, 8),
+        ("4:cpu,cpuacct:/", {"cpu,cpuacct/cpu.cfs_quota_us": "300000", "cpu,cpuacct/cpu.cfs_period_us": "100000"}, 8, 3),
+        ("4:cpu,cpuacct:/", {"cpu,cpuacct/cpu.cfs_quota_us": "-1", "cpu,cpuacct/cpu.cfs_period_us": "100000"}, 8, 8),
         # the affinity is smaller than the quota: the affinity wins
         ("0::/", {"cpu.max": "400000 100000\n"}, 2, 2),
         # no cgroup files at all
@@ -77,7 +77,8 @@ def _snap(worker: int, pid: int, m: Metrics, recent: list[dict[str, str]] | None
 def test_snapshots_merge_per_worker_and_in_total(tmp_path) -> None:
     """Workers: counts add up across workers; gauges come from the live processes; recent is merged newest first."""
     shared.write(str(tmp_path), shared.worker_file(10), _snap(0, 10, _metrics(3), [{"ts": "2026-01-01T00:00:01.000Z"}]))
-    shared.write(str(tmp_path), shared.worker_file(11), _snap(1, 11, _metrics(2, 502), [{"ts": "2026-01-01T00:00:02.000Z"}]))
+    later = [{"ts": "2026-01-01T00:00:02.000Z"}]
+    shared.write(str(tmp_path), shared.worker_file(11), _snap(1, 11, _metrics(2, 502), later))
     view = shared.merge(list(shared.read_all(str(tmp_path)).values()), ["svc"], 100)
     assert [w for w, _, _ in view.workers] == [0, 1]
     assert view.total.requests == {("svc", "GET", 200): 3, ("svc", "GET", 502): 2}

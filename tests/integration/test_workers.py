@@ -30,7 +30,9 @@ LAG_S = 5.0  # snapshots are written every second; generous for a loaded machine
 
 
 @contextmanager
-def workers_process(preexec: Any = None, stdout: Any = None, **env: str) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+def workers_process(
+    preexec: Any = None, stdout: Any = None, **env: str
+) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
     """``python -m gateway`` with its output in a file (or ``stdout``); killed at the end if still running."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
