@@ -123,7 +123,7 @@ def metrics(gw: Gateway) -> tuple[int, bytes, bytes]:
 
 
 def recent(gw: Gateway) -> tuple[int, bytes, bytes]:
-    return _json(200, {"requests": gw.view().recent})
+    return _json(200, {"requests": gw.view(recent=True).recent})
 
 
 def stats(gw: Gateway) -> Response:

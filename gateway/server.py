@@ -121,16 +121,17 @@ class Gateway:
         self._snapshot, self._snapshot_at = snap, time.monotonic()
         return snap
 
-    def view(self, process: bool = False) -> shared.View:
+    def view(self, process: bool = False, recent: bool = False) -> shared.View:
         """What the operational endpoints report: this worker, or all of them
-        (``process``: with the process_* figures, read from /proc)."""
+        (``process``: with the process_* figures, read from /proc; ``recent``:
+        with this worker's recent requests, which several workers always share)."""
         names = list(self.metrics.services)
         if self.shared_dir is None:
             if process:
                 self.metrics.cpu_s = process_stats()[0]
-            recent = [rec.as_dict() for rec in self.log.recent]
+            records = [rec.as_dict() for rec in self.log.recent] if recent else []
             g = self.gauges(process)
-            return shared.View([(self.worker_id, self.metrics, g)], self.metrics, g, recent, 1, self.metrics.started)
+            return shared.View([(self.worker_id, self.metrics, g)], self.metrics, g, records, 1, self.metrics.started)
         own = self._snapshot
         if own is None or time.monotonic() - self._snapshot_at > shared.FRESH_S:
             own = self.publish()
