@@ -199,3 +199,37 @@ def test_access_lines_stay_whole_with_two_workers_on_one_pipe() -> None:
     assert len(access) == per_client * clients
     cut = [d for d in access if d["path"].endswith("...")]
     assert len(cut) == per_client * clients // 2
+
+
+def test_resends_refused_added_latency_process_and_build_info_are_exported(gateway_factory) -> None:
+    """Issue 11, metrics: resends (a reused connection closed under a GET), refused connections (over
+    GATEWAY_MAX_CONNECTIONS), gateway-added latency, pool waiters, process_* and build info."""
+    from gateway import __version__
+    from tests.backends import raw_server
+    from tests.integration.test_failures import answers_first_then_closes
+
+    log: list[tuple[int, bytes]] = []
+    with raw_server(answers_first_then_closes(log)) as port:
+        gw = gateway_factory(SERVICE1_URL=f"http://127.0.0.1:{port}", GATEWAY_POOL_IDLE_TIMEOUT="30")
+        assert request(gw.port, "GET", "/api/service1/a")[0] == 200
+        assert request(gw.port, "GET", "/api/service1/b")[0] == 200  # went out twice
+        expo = fetch_metrics(gw.port)
+    assert expo.types["gateway_upstream_resends_total"] == "counter"
+    assert expo.one("gateway_upstream_resends_total", service="service1") == 1
+    assert expo.types["gateway_added_duration_seconds"] == "histogram"
+    assert expo.one("gateway_added_duration_seconds_count", service="service1") == 2
+    assert expo.one("gateway_pool_waiting", service="service1") == 0
+    assert expo.one("gateway_build_info", version=__version__) == 1
+    assert expo.types["process_cpu_seconds_total"] == "counter" and expo.one("process_cpu_seconds_total") > 0
+    assert expo.one("process_resident_memory_bytes") > 1 << 20
+    assert expo.one("process_open_fds") >= 3
+
+    limited = gateway_factory(GATEWAY_MAX_CONNECTIONS="1")
+    with socket.create_connection(("127.0.0.1", limited.port)) as held:
+        assert wait_for(lambda: limited.call(lambda: len(limited.server.gw.connections)) == 1)
+        with socket.create_connection(("127.0.0.1", limited.port)) as refused:
+            refused.settimeout(5)
+            assert refused.recv(1) == b""  # closed at once
+        held.close()
+    assert wait_for(lambda: limited.call(lambda: len(limited.server.gw.connections)) == 0)
+    assert fetch_metrics(limited.port).one("gateway_connections_refused_total") == 1
