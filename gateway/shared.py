@@ -126,12 +126,13 @@ def retire(path: str, pid: int, seq: int) -> None:
     """Fold a dead worker's last snapshot into a new retired file (supervisor side)."""
     docs = read_all(path)
     dead = worker_file(pid)
+    _remove_temporary(path, dead)
+    if dead not in docs:  # it died before its first snapshot: nothing to fold
+        return
     old = [name for name, doc in docs.items() if "covers" in doc]
     workers: dict[str, Any] = {}
     recent: list[dict[str, Any]] = []
-    sources = [docs[name] for name in old]
-    if dead in docs:
-        sources.append(docs[dead])
+    sources = [docs[name] for name in old] + [docs[dead]]
     for doc in sources:
         parts = doc["workers"] if "covers" in doc else {str(doc["worker"]): doc}
         for wid, part in parts.items():
@@ -143,18 +144,20 @@ def retire(path: str, pid: int, seq: int) -> None:
             workers[wid] = {"metrics": m.to_dict()}  # a dead process has no gauges
         recent.extend(doc.get("recent", ()))
     recent.sort(key=lambda r: r["ts"], reverse=True)
-    covers = [*old, dead] if dead in docs else old
-    if not covers:
-        return
+    covers = [*old, dead]
     write(path, f"retired-{seq:06d}.json", {"covers": covers, "workers": workers, "recent": recent[:1000]})
     for name in covers:
         try:
             os.unlink(os.path.join(path, name))
         except FileNotFoundError:
             pass
-    for name in os.listdir(path):  # a temporary file the dead worker left half-written
-        if name.startswith(f".{dead}."):
+
+
+def _remove_temporary(path: str, name: str) -> None:
+    """A temporary file a dead worker left half-written (``write``)."""
+    for entry in os.listdir(path):
+        if entry.startswith(f".{name}."):
             try:
-                os.unlink(os.path.join(path, name))
+                os.unlink(os.path.join(path, entry))
             except FileNotFoundError:
                 pass
