@@ -150,3 +150,12 @@ def test_long_access_lines_are_cut_to_pipe_buf_and_writes_carry_whole_lines(tmp_
         assert len(line) + 1 <= PIPE_BUF
         assert doc["path"].endswith("...") == (i >= 10)
         assert doc["request_id"] == f"id-{i}"
+
+
+def test_retiring_a_worker_that_never_wrote_leaves_the_files_alone(tmp_path) -> None:
+    """A worker that died before its first snapshot: nothing to fold; its half-written file is removed."""
+    d = str(tmp_path)
+    shared.write(d, shared.worker_file(11), _snap(1, 11, _metrics(2)))
+    (tmp_path / f".{shared.worker_file(10)}.10.tmp").write_bytes(b'{"worker": 0, "met')
+    shared.retire(d, 10, 1)
+    assert sorted(os.listdir(d)) == ["worker-11.json"]
