@@ -171,10 +171,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def pinned(cpu: int | None) -> Callable[[], None] | None:
+def pinned(cpu: int | set[int] | None) -> Callable[[], None] | None:
     if cpu is None:
         return None
-    return lambda: os.sched_setaffinity(0, {cpu})
+    return lambda: os.sched_setaffinity(0, {cpu} if isinstance(cpu, int) else cpu)
 
 
 def http_status(port: int, path: str, host: str = HOST, timeout: float = 2.0) -> int | None:
@@ -232,7 +232,7 @@ class Server:
                 self.proc.wait(5)
 
 
-def spawn(name: str, cmd: list[str], *, cpu: int | None, env: dict[str, str], logdir: Path, port: int,
+def spawn(name: str, cmd: list[str], *, cpu: int | set[int] | None, env: dict[str, str], logdir: Path, port: int,
           prefix: str) -> Server:
     log_path = logdir / f"{name}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process
@@ -243,7 +243,8 @@ def spawn(name: str, cmd: list[str], *, cpu: int | None, env: dict[str, str], lo
     return Server(name, proc, port, log_path, prefix)
 
 
-def start_target(name: str, *, cpu: int | None, logdir: Path, upstream: tuple[str, int]) -> Server:
+def start_target(name: str, *, cpu: int | set[int] | None, logdir: Path, upstream: tuple[str, int],
+                 workers: int = 1) -> Server:
     port = free_port()
     up_host, up_port = upstream
     backend_url = f"http://{up_host}:{up_port}"
@@ -256,7 +257,7 @@ def start_target(name: str, *, cpu: int | None, logdir: Path, upstream: tuple[st
             "SERVICE1_URL": backend_url,
             "GATEWAY_ACCESS_LOG": "off",
             "GATEWAY_LOG_LEVEL": "warning",
-            "GATEWAY_WORKERS": "1",
+            "GATEWAY_WORKERS": str(workers),
         }
         return spawn(name, [py, "-m", "gateway"], cpu=cpu, env=env, logdir=logdir, port=port, prefix="/api/service1/")
     if name == "aiohttp":
@@ -724,6 +725,59 @@ def chart(report: dict[str, Any], path: Path) -> None:
 
 
 # --- main -----------------------------------------------------------------------
+# --- scaling: the gateway with 1, 2, ... workers -------------------------------
+LOAD_CPUS = 1  # wrk + the backend: one core keeps a 1-worker gateway busy (see the direct rows)
+
+
+def scaling(args: argparse.Namespace) -> int:
+    """req/s of the gateway with 1, 2, ... workers, each on a core of its own, and the
+    efficiency per worker (req/s per worker / req/s of one). The load side keeps
+    LOAD_CPUS cores; a row where they are saturated measures wrk, so it ends the table."""
+    cpus = sorted(os.sched_getaffinity(0))
+    gw_cpus, load = cpus[:-LOAD_CPUS], set(cpus[-LOAD_CPUS:])
+    if len(gw_cpus) < 2:
+        print(f"scaling: not measurable here: {len(cpus)} usable CPU(s); the load generator (wrk + backend) needs "
+              f"{LOAD_CPUS}, which leaves {len(gw_cpus)} for the gateway. A figure for N workers needs N cores of "
+              "their own besides the load side's; any number printed here would measure the shared cores, so none is.")
+        return 0
+    print(f"scaling: gateway workers on CPUs {gw_cpus}, wrk + backend on {sorted(load)}; small GET, "
+          f"{args.duration} s per row")
+    with tempfile.TemporaryDirectory(prefix="gw-scaling-") as tmpname:
+        tmp = Path(tmpname)
+        port = free_port()
+        backend = spawn("backend", [sys.executable, str(BENCH / "backend.py"), "--port", str(port)],
+                        cpu=load, env={}, logdir=tmp, port=port, prefix="/api/")
+        try:
+            backend.wait_ready("/api/small")
+            base = 0.0
+            print("| workers | req/s | req/s per worker | efficiency | load-side CPU % |")
+            print("| ---: | ---: | ---: | ---: | ---: |")
+            for n in range(1, len(gw_cpus) + 1):
+                gw = start_target("gateway", cpu=set(gw_cpus[:n]), logdir=tmp, upstream=(HOST, port), workers=n)
+                try:
+                    gw.wait_ready(gw.prefix + "small")
+                    time.sleep(0.5 * n)  # every worker listening
+                    sc = Scenario("small", "small GET", "small", 50 * n, "small")
+                    run_wrk(gw.url("small"), sc, duration=1, timeout=args.timeout, cpu=load, tmp=tmp, threads=len(load))
+                    b0 = cpu_seconds([backend.proc.pid])
+                    w, wrk_cpu = run_wrk(gw.url("small"), sc, duration=args.duration, timeout=args.timeout, cpu=load,
+                                         tmp=tmp, threads=len(load))
+                    secs = w["duration_us"] / 1e6  # the load side's own CPU (wrk + backend), % of its cores:
+                    load_pct = (wrk_cpu + cpu_seconds([backend.proc.pid]) - b0) / secs / len(load) * 100
+                finally:
+                    gw.stop()
+                rps = w["requests"] / secs
+                base = base or rps
+                print(f"| {n} | {rps:,.0f} | {rps / n:,.0f} | {rps / n / base:.0%} | {load_pct:.0f} |", flush=True)
+                if load_pct >= 90 and n < len(gw_cpus):
+                    print(f"scaling: the load side was {load_pct:.0f}% busy with {n} workers: more workers would "
+                          "measure wrk, not the gateway; stopping here")
+                    break
+        finally:
+            backend.stop()
+    return 0
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Direct vs gateway vs peers, with wrk.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -746,6 +800,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--render", metavar="JSON", default=None,
                    help="only redraw the Markdown and PNG next to an existing results JSON (no load)")
     p.add_argument("--name", default=None, help="results file name (default: benchmark, or quick)")
+    p.add_argument("--scaling", action="store_true",
+                   help="only the workers figure: req/s with GATEWAY_WORKERS=1, 2, ... up to the usable CPUs")
     args = p.parse_args(argv)
     if args.duration is None:
         args.duration = 2 if args.quick else 5
@@ -772,6 +828,8 @@ def main(argv: list[str] | None = None) -> int:
               "    sudo apt-get install wrk      (Debian/Ubuntu; or build it from github.com/wg/wrk)\n"
               "and run this again.", file=sys.stderr)
         return 2
+    if args.scaling:
+        return scaling(args)
     wanted = [t.strip() for t in args.only.split(",") if t.strip() and t.strip() != "direct"]
     bad = [t for t in wanted if t not in TARGETS]
     if bad:

@@ -1,14 +1,25 @@
 """One JSON line per request on stdout, and JSON event lines (CONTRACT.md, Logs).
 
-Lines are serialised with orjson and written straight to the stdout buffer,
-coalesced per event-loop iteration: no ``logging`` formatting chain on the
-hot path, one ``write`` for many requests under load.
+Lines are serialised with orjson and written straight to stdout's file
+descriptor, coalesced per event-loop iteration: no ``logging`` formatting
+chain on the hot path, one ``write`` for many requests under load.
+
+Several workers share one stdout (a pipe, in a container). A ``write`` of at
+most ``PIPE_BUF`` bytes to a pipe is atomic (POSIX), so each ``os.write``
+carries whole lines only and at most ``PIPE_BUF`` bytes: lines are never split
+nor interleaved with another worker's. An access line that would be longer is
+shortened to fit: its longest fields (``path``, ``upstream``, ``method``,
+``client``) are cut and end in ``...``. Event lines are not cut (a traceback
+may exceed the limit, and is then written whole in one write).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import io
+import os
+import select
 import sys
 import time
 from typing import Any, BinaryIO
@@ -16,6 +27,8 @@ from typing import Any, BinaryIO
 import orjson
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+PIPE_BUF = getattr(select, "PIPE_BUF", 4096)  # 4096 on Linux
+_CUTTABLE = ("path", "upstream", "method", "client")
 
 
 _second_cache: list[Any] = [-1, ""]  # [whole second, "YYYY-MM-DDTHH:MM:SS"]
@@ -113,13 +126,18 @@ class Logger:
         self._recent_enabled = recent_size > 0
         self._pending: list[bytes] = []
         self._flush_scheduled = False
+        try:
+            self._fd: int | None = self.stream.fileno()
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            self._fd = None  # an in-memory stream (tests)
 
     def access(self, rec: Record) -> None:
         """Log a finished request (``rec.end`` set)."""
         if self._recent_enabled and not rec.internal:
             self.recent.appendleft(rec)
         if self.access_log:
-            self._emit(orjson.dumps(rec.as_dict(), option=orjson.OPT_APPEND_NEWLINE))
+            line = orjson.dumps(rec.as_dict(), option=orjson.OPT_APPEND_NEWLINE)
+            self._emit(line if len(line) <= PIPE_BUF else _shorten(rec.as_dict(), line))
 
     def event(self, level: str, event: str, **fields: Any) -> None:
         if LEVELS[level] < self.level:
@@ -143,10 +161,44 @@ class Logger:
         self._flush_scheduled = False
         if not self._pending:
             return
-        data = b"".join(self._pending)
-        self._pending.clear()
+        pending, self._pending = self._pending, []
         try:
-            self.stream.write(data)
-            self.stream.flush()
+            if self._fd is None:
+                self.stream.write(b"".join(pending))
+                self.stream.flush()
+                return
+            self.stream.flush()  # anything written to the stream object itself goes first
+            chunk: list[bytes] = []
+            size = 0
+            for line in pending:  # whole lines, at most PIPE_BUF bytes per write
+                if chunk and size + len(line) > PIPE_BUF:
+                    _write_all(self._fd, b"".join(chunk))
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line)
+            _write_all(self._fd, b"".join(chunk))
         except (BrokenPipeError, ValueError):  # stdout gone: keep serving
             pass
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """One ``os.write`` (complete and atomic on a pipe up to PIPE_BUF); a file or
+    terminal may take less, then the rest follows."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _shorten(doc: dict[str, Any], line: bytes) -> bytes:
+    """The access line cut to PIPE_BUF bytes: its longest free-text fields shortened."""
+    for _ in range(16):
+        excess = len(line) - PIPE_BUF
+        if excess <= 0:
+            break
+        key = max(_CUTTABLE, key=lambda k: len(doc.get(k) or ""))
+        value = doc[key] or ""
+        if len(value) <= 64:
+            break
+        doc[key] = value[: max(len(value) - excess - 8, 61)] + "..."
+        line = orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE)
+    return line

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gateway import __version__, webui
+from gateway import __version__, shared, webui
 from gateway.accesslog import rfc3339
 from gateway.errors import MethodNotAllowed, NotFound
+from gateway.metrics import prometheus
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -61,15 +62,20 @@ def health(gw: Gateway) -> tuple[int, bytes, bytes]:
     )
 
 
-def _pool_state(gw: Gateway, name: str) -> dict[str, int]:
-    pool = gw.pools[name]
-    return {"idle": pool.idle, "busy": pool.busy}
+def _pool_state(view: shared.View, name: str) -> dict[str, int]:
+    idle, busy, _ = view.gauges.pools.get(name, (0, 0, 0))
+    return {"idle": idle, "busy": busy}
+
+
+def _waiting(view: shared.View, name: str) -> int:
+    return view.gauges.pools.get(name, (0, 0, 0))[2]
 
 
 def services(gw: Gateway) -> tuple[int, bytes, bytes]:
+    view = gw.view()
     out = []
     for route in gw.router.routes:
-        state = gw.metrics.services[route.name]
+        state = view.total.services[route.name]
         last_error = state.last_error
         out.append(
             {
@@ -80,7 +86,7 @@ def services(gw: Gateway) -> tuple[int, bytes, bytes]:
                     "last_success": rfc3339(state.last_success) if state.last_success else None,
                     "last_error": {**last_error, "ts": rfc3339(last_error["ts"])} if last_error else None,
                     "consecutive_failures": state.consecutive_failures,
-                    "pool": _pool_state(gw, route.name),
+                    "pool": _pool_state(view, route.name),
                 },
             }
         )
@@ -88,22 +94,25 @@ def services(gw: Gateway) -> tuple[int, bytes, bytes]:
 
 
 def status(gw: Gateway) -> tuple[int, bytes, bytes]:
-    m = gw.metrics
+    """This gateway, all workers together; ``worker`` is the one answering."""
+    view = gw.view()
+    m = view.total
     return _json(
         200,
         {
             "status": gw.state,
             "version": __version__,
             "worker": gw.worker_id,
-            "uptime_s": round(time.time() - m.started, 3),
-            "connections": len(gw.connections),
-            "requests_in_flight": m.in_flight,
+            "workers": view.live_workers,
+            "uptime_s": round(time.time() - view.started, 3),
+            "connections": view.gauges.connections,
+            "requests_in_flight": view.gauges.in_flight,
             "requests_served": m.served,
             "services": {
                 name: {
                     "requests": s.requests,
                     "errors": s.errors,
-                    "pool": {**_pool_state(gw, name), "waiting": gw.pools[name].waiting},
+                    "pool": {**_pool_state(view, name), "waiting": _waiting(view, name)},
                 }
                 for name, s in m.services.items()
             },
@@ -112,21 +121,22 @@ def status(gw: Gateway) -> tuple[int, bytes, bytes]:
 
 
 def metrics(gw: Gateway) -> tuple[int, bytes, bytes]:
-    return 200, PROMETHEUS, gw.metrics.prometheus(gw.pools, len(gw.connections), gw.worker_id)
+    return 200, PROMETHEUS, prometheus(gw.view(process=True).workers, __version__)
 
 
 def recent(gw: Gateway) -> tuple[int, bytes, bytes]:
-    return _json(200, {"requests": [rec.as_dict() for rec in gw.log.recent]})
+    return _json(200, {"requests": gw.view(recent=True).recent})
 
 
 def stats(gw: Gateway) -> Response:
     """Per service over about the last minute: request rate, error rate (backend
     failures: 5xx, and the gateway's 502/503/504), upstream and gateway-added latency."""
-    window_s, per_service = gw.metrics.window(time.monotonic())
+    view = gw.view()
+    window_s, per_service = gw.metrics.window(time.monotonic(), services=view.total.services)
     for name, entry in per_service.items():
-        state = gw.metrics.services[name]
+        state = view.total.services[name]
         entry["total"] = {"requests": state.requests, "errors": state.errors}
-        entry["pool"] = {**_pool_state(gw, name), "waiting": gw.pools[name].waiting}
+        entry["pool"] = {**_pool_state(view, name), "waiting": _waiting(view, name)}
     return _json(200, {"window_s": window_s, "services": per_service})
 
 

@@ -1,13 +1,16 @@
 """Counters and histograms, rendered as Prometheus text. No asyncio here.
 
 Numbers are recorded once per request (from the access-log record) and are
-exact: tests check them after a known sequence of requests.
+exact: tests check them after a known sequence of requests. With several
+workers each one's ``Metrics`` travels as a snapshot (``to_dict``/``from_dict``,
+see ``gateway.shared``) and ``add`` sums them: the hot path never pays for it.
 """
 
 from __future__ import annotations
 
 import bisect
 import collections
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,12 +25,12 @@ STATS_WINDOW_S = 60.0
 BACKEND_ERRORS = frozenset({"bad_gateway", "gateway_timeout", "service_unavailable"})
 
 
-def status_class(status: int) -> str:
-    return f"{status // 100}xx" if 100 <= status < 600 else "none"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
 
 
 def method_class(method: str) -> str:
-    return method if method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS") else "other"
+    """The ``method`` label: a known method, else ``OTHER`` (labels stay bounded)."""
+    return method if method in METHODS else "OTHER"
 
 
 @dataclass(slots=True)
@@ -40,6 +43,19 @@ class Histogram:
         self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
         self.total += seconds
         self.n += 1
+
+    def add(self, other: Histogram) -> None:
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.total += other.total
+        self.n += other.n
+
+    def to_list(self) -> list[Any]:
+        return [*self.counts, self.total]
+
+    @classmethod
+    def from_list(cls, data: list[Any]) -> Histogram:
+        counts = [int(c) for c in data[:-1]]
+        return cls(counts, float(data[-1]), sum(counts))
 
 
 @dataclass(slots=True)
@@ -57,16 +73,82 @@ class ServiceState:
     # Server-Timing calls ``gateway``): parsing, routing, pool checkout, relaying.
     added: Histogram = field(default_factory=Histogram)
 
+    def add(self, other: ServiceState) -> None:
+        """Fold another worker's state in: counts add up; the passive state is the
+        newest success and error, and the failures seen since that success."""
+        last_success = max(self.last_success or 0.0, other.last_success or 0.0) or None
+        failing = 0
+        for part in (self, other):
+            if part.consecutive_failures and part.last_error and part.last_error["ts"] > (last_success or 0.0):
+                failing += part.consecutive_failures
+        if other.last_error and (not self.last_error or other.last_error["ts"] > self.last_error["ts"]):
+            self.last_error = other.last_error
+        self.last_success, self.consecutive_failures = last_success, failing
+        self.requests += other.requests
+        self.errors += other.errors
+        self.total.add(other.total)
+        self.upstream.add(other.upstream)
+        self.added.add(other.added)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "last_success": self.last_success, "last_error": self.last_error,
+            "consecutive_failures": self.consecutive_failures, "requests": self.requests, "errors": self.errors,
+            "total": self.total.to_list(), "upstream": self.upstream.to_list(), "added": self.added.to_list(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ServiceState:
+        return cls(d["last_success"], d["last_error"], d["consecutive_failures"], d["requests"], d["errors"],
+                   Histogram.from_list(d["total"]), Histogram.from_list(d["upstream"]), Histogram.from_list(d["added"]))
+
+
+@dataclass(slots=True)
+class Gauges:
+    """One worker's instantaneous values, read when a snapshot or a scrape is made."""
+
+    connections: int = 0
+    in_flight: int = 0
+    pools: dict[str, list[int]] = field(default_factory=dict)  # service -> [idle, busy, waiting]
+    rss_bytes: int = 0
+    open_fds: int = 0
+
+    def add(self, other: Gauges) -> None:
+        self.connections += other.connections
+        self.in_flight += other.in_flight
+        for name, values in other.pools.items():
+            mine = self.pools.setdefault(name, [0, 0, 0])
+            self.pools[name] = [a + b for a, b in zip(mine, values, strict=True)]
+        self.rss_bytes += other.rss_bytes
+        self.open_fds += other.open_fds
+
+
+def process_stats() -> tuple[float, int, int]:
+    """(CPU seconds, resident bytes, open fds) of this process, from /proc (zeros elsewhere)."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        with open("/proc/self/statm", "rb") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        fds = len(os.listdir("/proc/self/fd"))
+    except (OSError, ValueError, IndexError):
+        return time.process_time(), 0, 0
+    return cpu_s, rss, fds
+
 
 class Metrics:
     def __init__(self, services: list[str]) -> None:
         self.started = time.time()
-        self.requests: dict[tuple[str, str, str], int] = {}
+        self.requests: dict[tuple[str, str, int], int] = {}
         self.services = {name: ServiceState() for name in services}
         self.bytes_in = 0
         self.bytes_out = 0
         self.in_flight = 0
         self.served = 0
+        self.refused = 0  # connections closed at once: over GATEWAY_MAX_CONNECTIONS
+        self.resends: dict[str, int] = {}  # per service: requests sent again on a fresh connection
+        self.cpu_s = 0.0  # process CPU seconds; set when a snapshot is taken, summed over restarts
         # (monotonic time, counters) for ``window``; the first is the start, all zero.
         self._snapshots: collections.deque[tuple[float, dict[str, _Snapshot]]] = collections.deque(
             [(time.monotonic(), {name: _Snapshot.zero() for name in services})], maxlen=1024
@@ -84,7 +166,7 @@ class Metrics:
         bytes_out: int,
         wall: float,
     ) -> None:
-        key = (service or "", method_class(method), status_class(status))
+        key = (service or "", method_class(method), status)
         self.requests[key] = self.requests.get(key, 0) + 1
         self.bytes_in += bytes_in
         self.bytes_out += bytes_out
@@ -105,7 +187,50 @@ class Metrics:
             state.last_success = wall
             state.consecutive_failures = 0
 
-    def window(self, now: float, window_s: float = STATS_WINDOW_S) -> tuple[float, dict[str, dict[str, Any]]]:
+    def resent(self, service: str) -> None:
+        """A request went out again on a fresh connection (relay's resend rule)."""
+        self.resends[service] = self.resends.get(service, 0) + 1
+
+    def add(self, other: Metrics) -> None:
+        """Fold another worker's (or a retired worker's) counters into these."""
+        self.started = min(self.started, other.started)
+        for key, n in other.requests.items():
+            self.requests[key] = self.requests.get(key, 0) + n
+        for name, state in other.services.items():
+            if name in self.services:
+                self.services[name].add(state)
+            else:
+                self.services[name] = state
+        self.bytes_in += other.bytes_in
+        self.bytes_out += other.bytes_out
+        self.in_flight += other.in_flight
+        self.served += other.served
+        self.refused += other.refused
+        for name, n in other.resends.items():
+            self.resends[name] = self.resends.get(name, 0) + n
+        self.cpu_s += other.cpu_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "started": self.started,
+            "requests": [[s, m, c, n] for (s, m, c), n in self.requests.items()],
+            "services": {name: state.to_dict() for name, state in self.services.items()},
+            "bytes_in": self.bytes_in, "bytes_out": self.bytes_out, "served": self.served,
+            "refused": self.refused, "resends": self.resends, "cpu_s": self.cpu_s,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Metrics:
+        m = cls([])
+        m.started = d["started"]
+        m.requests = {(s, meth, int(c)): n for s, meth, c, n in d["requests"]}
+        m.services = {name: ServiceState.from_dict(v) for name, v in d["services"].items()}
+        m.bytes_in, m.bytes_out, m.served = d["bytes_in"], d["bytes_out"], d["served"]
+        m.refused, m.resends, m.cpu_s = d["refused"], dict(d["resends"]), d["cpu_s"]
+        return m
+
+    def window(self, now: float, window_s: float = STATS_WINDOW_S,
+               services: dict[str, ServiceState] | None = None) -> tuple[float, dict[str, dict[str, Any]]]:
         """Per-service rate, error rate and latency over about the last ``window_s``.
 
         ``now`` is ``time.monotonic()``. Each call keeps a snapshot of the
@@ -115,7 +240,7 @@ class Metrics:
         first minute, or after a long pause in polling, the window is longer
         or shorter, and says so (the first snapshot is the process start).
         """
-        current = {name: _Snapshot.of(state) for name, state in self.services.items()}
+        current = {name: _Snapshot.of(state) for name, state in (services or self.services).items()}
         snaps = self._snapshots
         if not snaps or now - snaps[-1][0] >= 1.0:
             snaps.append((now, current))
@@ -141,21 +266,35 @@ class Metrics:
             }
         return round(elapsed, 3), out
 
-    def prometheus(self, pools: dict[str, Any], connections: int, worker: int) -> bytes:
-        lines: list[str] = []
-        add = lines.append
-        w = f'worker="{worker}"'
-        add("# HELP gateway_requests_total Requests answered, by service, method and status class.")
-        add("# TYPE gateway_requests_total counter")
-        for (service, method, cls), n in sorted(self.requests.items()):
-            add(f'gateway_requests_total{{service="{service}",method="{method}",status="{cls}",{w}}} {n}')
-        for metric, attr, help_ in (
-            ("gateway_request_duration_seconds", "total", "Time from request head to last response byte."),
-            ("gateway_upstream_duration_seconds", "upstream", "Time spent on the upstream exchange."),
-        ):
-            add(f"# HELP {metric} {help_}")
-            add(f"# TYPE {metric} histogram")
-            for name, state in self.services.items():
+    def seed_window(self, now: float, services: dict[str, ServiceState]) -> None:
+        """Start the stats window from these (merged) counters instead of zero."""
+        self._snapshots.clear()
+        self._snapshots.append((now, {name: _Snapshot.of(state) for name, state in services.items()}))
+
+
+def prometheus(workers: list[tuple[int, Metrics, Gauges]], version: str) -> bytes:
+    """Prometheus text for every worker's series (``worker`` label), one family at a time."""
+    lines: list[str] = []
+    add = lines.append
+
+    def family(name: str, kind: str, help_: str) -> None:
+        add(f"# HELP {name} {help_}")
+        add(f"# TYPE {name} {kind}")
+
+    family("gateway_requests_total", "counter", "Requests answered, by service, method and status code.")
+    for worker, m, _ in workers:
+        for (service, method, code), n in sorted(m.requests.items()):
+            add(f'gateway_requests_total{{service="{service}",method="{method}",code="{code}",worker="{worker}"}} {n}')
+    for metric, attr, help_ in (
+        ("gateway_request_duration_seconds", "total", "Time from request head to last response byte."),
+        ("gateway_upstream_duration_seconds", "upstream", "Time spent on the upstream exchange."),
+        ("gateway_added_duration_seconds", "added",
+         "Gateway-added time of forwarded requests: duration minus upstream time."),
+    ):
+        family(metric, "histogram", help_)
+        for worker, m, _ in workers:
+            w = f'worker="{worker}"'
+            for name, state in m.services.items():
                 hist: Histogram = getattr(state, attr)
                 cumulative = 0
                 for bound, count in zip((*BUCKETS, float("inf")), hist.counts, strict=True):
@@ -164,22 +303,47 @@ class Metrics:
                     add(f'{metric}_bucket{{service="{name}",le="{le}",{w}}} {cumulative}')
                 add(f'{metric}_sum{{service="{name}",{w}}} {hist.total:.6f}')
                 add(f'{metric}_count{{service="{name}",{w}}} {hist.n}')
-        add("# HELP gateway_open_connections Client connections open.")
-        add("# TYPE gateway_open_connections gauge")
-        add(f"gateway_open_connections{{{w}}} {connections}")
-        add("# HELP gateway_requests_in_flight Requests being answered.")
-        add("# TYPE gateway_requests_in_flight gauge")
-        add(f"gateway_requests_in_flight{{{w}}} {self.in_flight}")
-        add("# HELP gateway_pool_connections Upstream connections by state.")
-        add("# TYPE gateway_pool_connections gauge")
-        for name, pool in pools.items():
-            add(f'gateway_pool_connections{{service="{name}",state="idle",{w}}} {pool.idle}')
-            add(f'gateway_pool_connections{{service="{name}",state="busy",{w}}} {pool.busy}')
-        add("# HELP gateway_bytes_total Body bytes relayed.")
-        add("# TYPE gateway_bytes_total counter")
-        add(f'gateway_bytes_total{{direction="in",{w}}} {self.bytes_in}')
-        add(f'gateway_bytes_total{{direction="out",{w}}} {self.bytes_out}')
-        return ("\n".join(lines) + "\n").encode()
+    family("gateway_open_connections", "gauge", "Client connections open.")
+    for worker, _, g in workers:
+        add(f'gateway_open_connections{{worker="{worker}"}} {g.connections}')
+    family("gateway_requests_in_flight", "gauge", "Requests being answered.")
+    for worker, _, g in workers:
+        add(f'gateway_requests_in_flight{{worker="{worker}"}} {g.in_flight}')
+    family("gateway_pool_connections", "gauge", "Upstream connections by state.")
+    for worker, _, g in workers:
+        for name, (idle, busy, _waiting) in g.pools.items():
+            add(f'gateway_pool_connections{{service="{name}",state="idle",worker="{worker}"}} {idle}')
+            add(f'gateway_pool_connections{{service="{name}",state="busy",worker="{worker}"}} {busy}')
+    family("gateway_pool_waiting", "gauge", "Requests waiting for a pooled upstream connection.")
+    for worker, _, g in workers:
+        for name, (_idle, _busy, waiting) in g.pools.items():
+            add(f'gateway_pool_waiting{{service="{name}",worker="{worker}"}} {waiting}')
+    family("gateway_connections_refused_total", "counter",
+           "Client connections closed at once: over GATEWAY_MAX_CONNECTIONS.")
+    for worker, m, _ in workers:
+        add(f'gateway_connections_refused_total{{worker="{worker}"}} {m.refused}')
+    family("gateway_upstream_resends_total", "counter",
+           "Requests sent again on a fresh connection after a reused one was closed under them.")
+    for worker, m, _ in workers:
+        for name in m.services:
+            add(f'gateway_upstream_resends_total{{service="{name}",worker="{worker}"}} {m.resends.get(name, 0)}')
+    family("gateway_bytes_total", "counter", "Body bytes relayed.")
+    for worker, m, _ in workers:
+        add(f'gateway_bytes_total{{direction="in",worker="{worker}"}} {m.bytes_in}')
+        add(f'gateway_bytes_total{{direction="out",worker="{worker}"}} {m.bytes_out}')
+    family("process_cpu_seconds_total", "counter", "User and system CPU time spent, in seconds.")
+    for worker, m, _ in workers:
+        add(f'process_cpu_seconds_total{{worker="{worker}"}} {m.cpu_s:.2f}')
+    family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.")
+    for worker, _, g in workers:
+        add(f'process_resident_memory_bytes{{worker="{worker}"}} {g.rss_bytes}')
+    family("process_open_fds", "gauge", "Number of open file descriptors.")
+    for worker, _, g in workers:
+        add(f'process_open_fds{{worker="{worker}"}} {g.open_fds}')
+    family("gateway_build_info", "gauge", "Always 1; the version in a label.")
+    for worker, _, _ in workers:
+        add(f'gateway_build_info{{version="{version}",worker="{worker}"}} 1')
+    return ("\n".join(lines) + "\n").encode()
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,6 +72,7 @@ class ClientConnection(H11Protocol):
         super().connection_made(transport)
         gw = self.gw
         if len(gw.connections) >= gw.config.max_connections:
+            gw.metrics.refused += 1
             transport.close()  # over GATEWAY_MAX_CONNECTIONS: closed at once
             return
         peer = transport.get_extra_info("peername")

@@ -109,6 +109,7 @@ async def proxy(client: ClientConnection, request: h11.Request, match: Match, re
             # byte came back and the request is idempotent with no body, so it
             # goes out again, once, on a new connection (CONTRACT.md, Forwarding).
             if retry_allowed and not fresh and conn.reused and conn.bytes_received == 0:
+                gw.metrics.resent(route.name)
                 fresh = True
                 continue
             raise

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import signal
 import socket
 import time
+from typing import Any
 
-from gateway import __version__
+from gateway import __version__, shared
 from gateway.accesslog import Logger, Record
 from gateway.api import Router
 from gateway.config import Config
-from gateway.metrics import Metrics
+from gateway.metrics import Gauges, Metrics, process_stats
 from gateway.openapi import OpenAPICache
 from gateway.pool import Pool
 from gateway.protocol import ClientConnection
@@ -69,6 +71,12 @@ class Gateway:
         self.connections: set[ClientConnection] = set()
         self.state = "starting"
         self._trusted: dict[str, bool] = {}
+        # Several workers: snapshots in the supervisor's directory (gateway.shared).
+        self.shared_dir = shared.directory
+        self._snapshot: dict[str, Any] | None = None
+        self._snapshot_at = 0.0
+        if self.shared_dir is not None:  # a restarted worker's stats window starts from the totals so far
+            self.metrics.seed_window(time.monotonic(), self.view().total.services)
 
     @property
     def draining(self) -> bool:
@@ -89,6 +97,47 @@ class Gateway:
                 self._trusted.clear()
             self._trusted[ip] = trusted
         return trusted
+
+    def gauges(self, process: bool = True) -> Gauges:
+        _, rss, fds = process_stats() if process else (0.0, 0, 0)
+        pools = {name: [pool.idle, pool.busy, pool.waiting] for name, pool in self.pools.items()}
+        return Gauges(len(self.connections), self.metrics.in_flight, pools, rss, fds)
+
+    def publish(self) -> dict[str, Any]:
+        """Write this worker's snapshot (several workers only) and return it."""
+        assert self.shared_dir is not None
+        self.metrics.cpu_s = process_stats()[0]
+        g = self.gauges()
+        snap = {
+            "worker": self.worker_id, "pid": os.getpid(), "metrics": self.metrics.to_dict(),
+            "gauges": {"connections": g.connections, "in_flight": g.in_flight, "pools": g.pools,
+                       "rss_bytes": g.rss_bytes, "open_fds": g.open_fds},
+            "recent": [rec.as_dict() for rec in self.log.recent],
+        }
+        try:
+            shared.write(self.shared_dir, shared.worker_file(os.getpid()), snap)
+        except OSError as exc:
+            self.log.event("warning", "snapshot_failed", error=exc.strerror or repr(exc))
+        self._snapshot, self._snapshot_at = snap, time.monotonic()
+        return snap
+
+    def view(self, process: bool = False, recent: bool = False) -> shared.View:
+        """What the operational endpoints report: this worker, or all of them
+        (``process``: with the process_* figures, read from /proc; ``recent``:
+        with this worker's recent requests, which several workers always share)."""
+        names = list(self.metrics.services)
+        if self.shared_dir is None:
+            if process:
+                self.metrics.cpu_s = process_stats()[0]
+            records = [rec.as_dict() for rec in self.log.recent] if recent else []
+            g = self.gauges(process)
+            return shared.View([(self.worker_id, self.metrics, g)], self.metrics, g, records, 1, self.metrics.started)
+        own = self._snapshot
+        if own is None or time.monotonic() - self._snapshot_at > shared.FRESH_S:
+            own = self.publish()
+        docs = shared.read_all(self.shared_dir)
+        docs[shared.worker_file(os.getpid())] = own
+        return shared.merge(list(docs.values()), names, self.config.recent_size)
 
     def record(self, rec: Record) -> None:
         rec.end = now = time.perf_counter()
@@ -132,6 +181,8 @@ class GatewayServer:
             version=__version__,
             listen=f"{cfg.host}:{self.port}",
             worker=self.gw.worker_id,
+            workers=cfg.workers,
+            workers_reason=cfg.workers_reason,
             routes=[{"prefix": r.prefix, "service": r.name, "upstream": r.upstream.display} for r in cfg.routes],
             settings={
                 "connect_timeout_s": cfg.connect_timeout_s,
@@ -202,6 +253,8 @@ class GatewayServer:
             now = loop.time()
             for pool in self.gw.pools.values():
                 pool.sweep(now)
+            if self.gw.shared_dir is not None:
+                self.gw.publish()  # SWEEP_INTERVAL_S == shared.SNAPSHOT_INTERVAL_S
             self._sweeper = loop.call_later(SWEEP_INTERVAL_S, sweep)
 
         self._sweeper = loop.call_later(SWEEP_INTERVAL_S, sweep)
@@ -229,6 +282,8 @@ class GatewayServer:
         await gw.openapi.aclose()
         for pool in gw.pools.values():
             pool.close()
+        if gw.shared_dir is not None:
+            gw.publish()  # the last requests count, and the supervisor retires this file
         gw.log.event("info", "stopped", aborted_connections=left, worker=gw.worker_id)
         gw.log.flush()
 

@@ -5,6 +5,10 @@ restarts one that dies, and on SIGTERM/SIGINT forwards SIGTERM so every worker
 drains (``server.serve``) and waits for them, then exits 0. A worker that
 keeps dying right after start (say the port is taken) stops the whole thing
 with exit code 1 instead of a restart loop.
+
+It also owns the workers' snapshot directory (``gateway.shared``): made before
+the first fork, a dead worker's last snapshot folded into the retired totals
+before its replacement starts, removed at exit.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from gateway import shared
 from gateway.accesslog import Logger
 from gateway.config import Config
 
@@ -33,6 +38,22 @@ def run_workers(config: Config, worker_main: Callable[[Config, int], int], log: 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     children: dict[int, tuple[int, float]] = {}  # pid -> (worker id, start time)
+    try:
+        state_dir = shared.make_directory()
+    except OSError as exc:
+        log.event("error", "supervisor_failed", error=f"cannot create the workers' directory: {exc}",
+                  detail="set TMPDIR to a writable directory")
+        log.flush()
+        return 1
+    retired = 0
+
+    def retire(pid: int) -> None:
+        nonlocal retired
+        retired += 1
+        try:
+            shared.retire(state_dir, pid, retired)
+        except (OSError, ValueError, KeyError) as exc:
+            log.event("error", "retire_failed", pid=pid, error=repr(exc))
 
     def spawn(worker_id: int) -> None:
         log.flush()
@@ -50,7 +71,8 @@ def run_workers(config: Config, worker_main: Callable[[Config, int], int], log: 
 
     for worker_id in range(config.workers):
         spawn(worker_id)
-    log.event("info", "supervisor_started", workers=config.workers, pids=sorted(children), pid=os.getpid())
+    log.event("info", "supervisor_started", workers=config.workers, workers_reason=config.workers_reason,
+              pids=sorted(children), pid=os.getpid())
 
     quick_deaths = 0
     failed = False
@@ -61,6 +83,7 @@ def run_workers(config: Config, worker_main: Callable[[Config, int], int], log: 
             continue
         worker_id, started = children.pop(pid)
         code = os.waitstatus_to_exitcode(status)
+        retire(pid)
         if stopping:
             break
         quick_deaths = quick_deaths + 1 if time.monotonic() - started < QUICK_DEATH_S else 0
@@ -89,6 +112,7 @@ def run_workers(config: Config, worker_main: Callable[[Config, int], int], log: 
     for pid in children:
         _kill(pid, signal.SIGKILL)
         exit_code = 1
+    shared.remove_directory(state_dir)
     log.event("info", "supervisor_stopped", exit_code=exit_code)
     log.flush()
     return exit_code

@@ -892,9 +892,11 @@ def test_deployment_runs_the_gateway_safely(
     assert "GATEWAY_WORKERS" in env and config.workers >= 1
     assert [r.name for r in config.routes][: len(BACKENDS)] == list(BACKENDS)
 
+    # Readiness on /health (503 while draining); liveness on an endpoint that stays 200 while draining.
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert container["livenessProbe"]["httpGet"]["path"] == LIVENESS_PATH
     for probe in ("readinessProbe", "livenessProbe"):
-        get = container[probe]["httpGet"]
-        assert get["path"] == "/health" and get["port"] in ("http", 8080), probe
+        assert container[probe]["httpGet"]["port"] in ("http", 8080), probe
     # Termination: a preStop sleep (if any) + the drain + in-flight grace fit in the grace period.
     pre_stop = container.get("lifecycle", {}).get("preStop", {})
     pre_stop_s = pre_stop.get("sleep", {}).get("seconds", 0)
@@ -918,6 +920,95 @@ def test_deployment_runs_the_gateway_safely(
     assert uid is not None and uid != 0, "numeric non-root UID (runAsNonRoot cannot check a named USER)"
     image_user = parse_dockerfile(GATEWAY_DOCKERFILE).final.last("USER")
     assert image_user is not None and uid == int(image_user.args.split(":")[0]), "the pod runs as the image's user"
+
+
+LIVENESS_PATH = "/api/gateway/status"
+
+
+def _cpus(quantity: str) -> float:
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def test_workers_match_the_cpu_and_the_hpa_target_fits(manifests: dict[str, dict[str, Any]]) -> None:
+    """Issue 11: one answer for sizing. A fixed GATEWAY_WORKERS equals the CPU limit, with requests =
+    limits (Guaranteed CPU), or `auto` with a CPU limit it can count. The HPA's CPU target (relative to
+    the request) is reachable by those workers and leaves headroom."""
+    container = _container(manifests)
+    env = _gateway_env(manifests)
+    cpu_request = _cpus(str(container["resources"]["requests"]["cpu"]))
+    cpu_limit = _cpus(str(container["resources"]["limits"]["cpu"]))
+    if env["GATEWAY_WORKERS"] == "auto":
+        assert cpu_limit >= 1
+    else:
+        assert int(env["GATEWAY_WORKERS"]) == cpu_limit == cpu_request, (env["GATEWAY_WORKERS"], cpu_request, cpu_limit)
+    hpa = manifests["HorizontalPodAutoscaler"]
+    cpu_targets = [m["resource"]["target"] for m in hpa["spec"]["metrics"]
+                   if m["type"] == "Resource" and m["resource"]["name"] == "cpu"]
+    assert cpu_targets and all(t["type"] == "Utilization" for t in cpu_targets)
+    for target in cpu_targets:
+        # utilization is relative to the request; the workers can use at most the limit
+        assert 50 <= target["averageUtilization"] <= 90
+        assert target["averageUtilization"] / 100 * cpu_request < cpu_limit
+
+
+def test_trusted_proxies_cover_the_pod_network_and_prometheus_is_pointed_at_the_metrics(
+    manifests: dict[str, dict[str, Any]]
+) -> None:
+    """Issue 11: GATEWAY_TRUSTED_PROXIES covers the usual pod networks (an in-cluster ingress), and the
+    pod template tells Prometheus where to scrape: path /api/gateway/metrics on the container port."""
+    import ipaddress
+
+    env = _gateway_env(manifests)
+    assert "GATEWAY_TRUSTED_PROXIES" in env
+    config = from_env(env)
+    for pod_ip in ("10.244.1.7", "10.42.0.9", "192.168.3.4", "172.17.0.3"):  # flannel, k3s, Calico, docker
+        assert any(ipaddress.ip_address(pod_ip) in net for net in config.trusted_proxies), pod_ip
+    text = (K8S_DIR / "deployment.yaml").read_text()
+    assert "pod network" in text and "GATEWAY_ADMIN_ALLOW" in text, "the comments say why"
+    admin_allow = getattr(config, "admin_allow", None)  # GATEWAY_ADMIN_ALLOW (issue 10), when present
+    if admin_allow is not None:
+        assert any(ipaddress.ip_address("10.244.1.7") in net for net in admin_allow)
+
+    annotations = manifests["Deployment"]["spec"]["template"]["metadata"].get("annotations", {})
+    container = _container(manifests)
+    ports = {str(p["containerPort"]) for p in container["ports"]}
+    assert annotations.get("prometheus.io/scrape") == "true"
+    assert annotations.get("prometheus.io/path") == "/api/gateway/metrics"
+    assert annotations.get("prometheus.io/port") in ports
+
+
+def test_probe_paths_answer_as_the_probes_expect_while_draining(manifests: dict[str, dict[str, Any]]) -> None:
+    """The liveness path stays 200 while the gateway drains (a draining pod is not killed); the readiness
+    path turns 503 (the pod leaves the Service)."""
+    from tests.conftest import start_gateway
+    from tests.integration.helpers import request
+
+    container = _container(manifests)
+    live, ready = container["livenessProbe"]["httpGet"]["path"], container["readinessProbe"]["httpGet"]["path"]
+    gw, stop = start_gateway({"GATEWAY_SERVICES": "service1"})
+    try:
+        assert request(gw.port, "GET", live)[0] == 200 and request(gw.port, "GET", ready)[0] == 200
+
+        def drain() -> None:
+            gw.server.gw.state = "draining"
+
+        gw.call(drain)
+        assert request(gw.port, "GET", live)[0] == 200
+        assert request(gw.port, "GET", ready)[0] == 503
+    finally:
+        stop()
+
+
+def test_deploy_docs_agree_with_the_deployment(manifests: dict[str, dict[str, Any]]) -> None:
+    """docs/deploy.md's Kubernetes section states the pod's workers, CPU and probes as deployment.yaml has them."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    env = _gateway_env(manifests)
+    container = _container(manifests)
+    assert f"`GATEWAY_WORKERS` ({env['GATEWAY_WORKERS']} in `deployment.yaml`)" in text
+    assert f"`{container['livenessProbe']['httpGet']['path']}`" in text.split("**Probes.**", 1)[1].split("\n- ", 1)[0]
+    cpu = container["resources"]["limits"]["cpu"]
+    resources = text.split("**Resources.**", 1)[1].split("\n- ", 1)[0]
+    assert f"{cpu} CPU" in resources, resources
 
 
 def test_service_hpa_pdb_target_the_deployment(manifests: dict[str, dict[str, Any]]) -> None:

@@ -352,8 +352,8 @@ def test_in_flight_busy_and_waiting_while_requests_are_slow(gateway_factory):
 
 
 def test_metrics_are_valid_prometheus_text_with_exact_numbers(gateway_factory):
-    """Issue 4 / CONTRACT.md Routing: /api/gateway/metrics is Prometheus text (0.0.4): request counter by
-    service, method and status class; latency histograms (total and upstream) per service; open
+    """Issue 4 / CONTRACT.md Routing, Workers: /api/gateway/metrics is Prometheus text (0.0.4): request counter
+    by service, method and exact status code; latency histograms (total and upstream) per service; open
     connections; pool idle/busy per service; bytes in/out — exact after the script; every sample says
     which worker answered."""
     with scripted(gateway_factory) as sc:
@@ -365,22 +365,22 @@ def test_metrics_are_valid_prometheus_text_with_exact_numbers(gateway_factory):
         assert set(expo.types) <= expo.helps, f"families without HELP: {set(expo.types) - expo.helps}"
         assert expo.types["gateway_requests_total"] == "counter"
 
-        # requests by service, method and status class
+        # requests by service, method and exact status code (a gateway 502 apart from a backend 500)
         counted: dict[tuple[str, str, str], float] = {}
         for s in expo.get("gateway_requests_total"):
-            key = (s.labels["service"], s.labels["method"], s.labels["status"])
+            key = (s.labels["service"], s.labels["method"], s.labels["code"])
             counted[key] = counted.get(key, 0) + s.value
         routed = {k: v for k, v in counted.items() if k[0] in ("service1", "service2")}
         assert routed == {
-            ("service1", "GET", "2xx"): 3,
-            ("service1", "POST", "2xx"): 1,
-            ("service1", "GET", "4xx"): 2,
-            ("service1", "GET", "5xx"): 1,
-            ("service2", "GET", "5xx"): 1,
+            ("service1", "GET", "200"): 3,
+            ("service1", "POST", "201"): 1,
+            ("service1", "GET", "404"): 2,
+            ("service1", "GET", "500"): 1,
+            ("service2", "GET", "502"): 1,
         }, counted
         # the unknown route (404) and /health (200): whatever label says "no service"
         unrouted = {k: v for k, v in counted.items() if k[0] not in ("service1", "service2")}
-        assert sorted((m, c, n) for (_, m, c), n in unrouted.items()) == [("GET", "2xx", 1), ("GET", "4xx", 1)]
+        assert sorted((m, c, n) for (_, m, c), n in unrouted.items()) == [("GET", "200", 1), ("GET", "404", 1)]
 
         # latency histograms: total per service == the service's requests; upstream only when forwarded
         hist_types = {n: t for n, t in expo.types.items() if t == "histogram"}
