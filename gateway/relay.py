@@ -1,12 +1,16 @@
 """proxy(): the only place body bytes cross between a client and a backend.
 
-One request: check the framing and the body limit, take a pooled connection,
-send the head, stream the request body up (a task, so an early response or
-a 413 is seen at once), wait for the response head, stream the body down
-with backpressure on both sides. Both h11 sides DONE: the connection goes
-back to the pool; anything else: it is closed. Errors before the first
-response byte become the contract's JSON errors; after it, the client
-connection is closed so a truncated body never looks complete (Go's
+One request: check the framing and the body limit; admit the body (read it
+whole, or its first GATEWAY_REQUEST_BUFFER_BYTES, before a backend connection
+is taken: a slow or malformed upload never holds or reaches a backend); take a
+pooled connection, send the head with what is held, stream the rest up (a
+task, so an early response or a 413 is seen at once), wait for the response
+head, stream the body down with backpressure on both sides. Both h11 sides
+DONE: the connection goes back to the pool; anything else: it is closed. A
+reused connection that closes before any response byte gets the request once
+more on a fresh one when it is idempotent with its body held. Errors before
+the first response byte become the contract's JSON errors; after it, the
+client connection is closed so a truncated body never looks complete (Go's
 ``ErrAbortHandler``, uvicorn's ``response_started``).
 """
 
