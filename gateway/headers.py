@@ -84,7 +84,15 @@ _HOST_RE = re.compile(
 )
 
 
+# Hosts already found valid (a process sees few): a set lookup instead of the
+# regex on every request. Bounded: past it, new hosts are checked each time.
+_VALID_HOSTS: set[bytes] = set()
+_VALID_HOSTS_MAX = 256
+
+
 def valid_host(value: bytes) -> bool:
+    if value in _VALID_HOSTS:
+        return True
     m = _HOST_RE.fullmatch(value)
     if m is None:
         return False
@@ -94,6 +102,8 @@ def valid_host(value: bytes) -> bool:
             ipaddress.IPv6Address(ip6.decode("ascii"))
         except ValueError:
             return False
+    if len(_VALID_HOSTS) < _VALID_HOSTS_MAX:
+        _VALID_HOSTS.add(value)
     return True
 
 
