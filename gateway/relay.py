@@ -98,7 +98,7 @@ async def proxy(client: ClientConnection, request: h11.Request, match: Match, re
         # slow or broken upload never holds one (nginx's client_body_buffer_size).
         if client.h11.client_is_waiting_for_100_continue:
             client.write(client.h11.send(h11.InformationalResponse(status_code=100, headers=(), reason=b"Continue")))
-        held, complete = await _admit_body(client, limit, chunked, gw.config.request_buffer_bytes, rec)
+        held, complete = await _admit_body(client, limit, length, chunked, gw.config.request_buffer_bytes, rec)
 
     items = full_items(request.headers)
     traceparent, trace_id = trace_context(items)
@@ -159,7 +159,7 @@ _UNSENT = _Unsent()
 
 
 async def _admit_body(
-    client: ClientConnection, limit: int, chunked: bool, buffer_bytes: int, rec: Record
+    client: ClientConnection, limit: int, length: int | None, chunked: bool, buffer_bytes: int, rec: Record
 ) -> tuple[bytes, bool]:
     """(bytes held, whole body held): the body until it ends or ``buffer_bytes`` are held.
 
@@ -168,7 +168,10 @@ async def _admit_body(
     """
     held: list[bytes] = []
     size = 0
-    while size < buffer_bytes:
+    # A declared length within the buffer is read to its end (its EndOfMessage
+    # included), so a body of exactly GATEWAY_REQUEST_BUFFER_BYTES is held whole.
+    whole = length is not None and length <= buffer_bytes
+    while whole or size < buffer_bytes:
         event = await _body_event(client, limit, chunked, rec)
         if type(event) is h11.EndOfMessage:
             # Request trailers are dropped, as nginx does: a backend that
