@@ -25,6 +25,7 @@ GATEWAY_ENDPOINTS: dict[str, str] = {
     "/api/gateway/openapi.json": "openapi",
     "/api/gateway/docs": "docs",
     "/api/gateway/": "dashboard",  # the trailing slash is a segment of its own: exact, like the rest
+    "/api/gateway": "dashboard_redirect",  # 308 to /api/gateway/ (CONTRACT.md, Routing)
 }
 # Gateway-owned prefixes: these paths and everything below them (``Match.rest``).
 # An exact entry on the same node wins for the path itself, so
@@ -32,6 +33,11 @@ GATEWAY_ENDPOINTS: dict[str, str] = {
 GATEWAY_PREFIX_ENDPOINTS: dict[str, str] = {
     "/api/gateway/docs": "docs_asset",
 }
+# The endpoints every client may use (CONTRACT.md, Routing). Every other
+# endpoint is operational: served only to clients in GATEWAY_ADMIN_ALLOW, so
+# an endpoint added later is private until it is listed here. ``not_found``
+# (anything else under /api/gateway) tells nobody anything.
+PUBLIC_ENDPOINTS: frozenset[str] = frozenset({"health", "status", "openapi", "docs", "docs_asset", "not_found"})
 # Everything else under this prefix is the gateway's too: a 404 of its own,
 # never forwarded (``gateway`` is a reserved service name).
 GATEWAY_PREFIX = "/api/gateway"
@@ -43,6 +49,7 @@ class Match:
 
     route: Route | None = None
     endpoint: str | None = None  # "health", "status", ...; "not_found" under /api/gateway
+    public: bool = False  # a gateway endpoint every client may use (PUBLIC_ENDPOINTS)
     upstream_target: bytes = b""  # for a route: what to request upstream
     rest: bytes = b""  # for a prefix endpoint: the path below its prefix ("/swagger-ui.css")
 
@@ -109,7 +116,7 @@ class Router:
             if node is None:
                 break
             if end == end_of_path and node.exact is not None:
-                return Match(endpoint=node.exact)
+                return Match(endpoint=node.exact, public=node.exact in PUBLIC_ENDPOINTS)
             if node.prefix is not None:
                 best, best_end = node.prefix, end
             if end == end_of_path:
@@ -118,7 +125,7 @@ class Router:
         if best is None:
             return None
         if isinstance(best, str):
-            return Match(endpoint=best, rest=path[best_end:])
+            return Match(endpoint=best, public=best in PUBLIC_ENDPOINTS, rest=path[best_end:])
         upstream_target = best.strip_to + path[best_end:]
         if not upstream_target:
             upstream_target = b"/"

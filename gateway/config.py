@@ -25,6 +25,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # default); expiring ours a second earlier means the backend's close almost never
 # races a request we send on a pooled connection.
 DEFAULT_POOL_IDLE_TIMEOUT_S = 4.0
+# Loopback and the private ranges (RFC 1918, RFC 4193): who may read the
+# operational endpoints (CONTRACT.md, Routing), nginx's allow/deny.
+DEFAULT_ADMIN_ALLOW = "127.0.0.0/8,::1,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"
 
 
 class ConfigError(ValueError):
@@ -85,6 +88,11 @@ class Config:
     shutdown_timeout_s: float = 30.0
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
         default_factory=lambda: _parse_cidrs("GATEWAY_TRUSTED_PROXIES", "127.0.0.1/8,::1")
+    )
+    request_buffer_bytes: int = 65536
+    client_body_timeout_s: float = 10.0
+    admin_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
+        default_factory=lambda: _parse_cidrs("GATEWAY_ADMIN_ALLOW", DEFAULT_ADMIN_ALLOW)
     )
     workers: int = 1
     workers_reason: str = ""  # how `auto` chose ``workers`` (logged at start-up)
@@ -345,6 +353,9 @@ def from_env(environ: Mapping[str, str] | None = None) -> Config:
         trusted_proxies=_parse_cidrs(
             "GATEWAY_TRUSTED_PROXIES", env.get("GATEWAY_TRUSTED_PROXIES", "127.0.0.1/8,::1")
         ),
+        request_buffer_bytes=_integer(env, "GATEWAY_REQUEST_BUFFER_BYTES", 65536),
+        client_body_timeout_s=_number(env, "GATEWAY_CLIENT_BODY_TIMEOUT", 10.0, positive=True),
+        admin_allow=_parse_cidrs("GATEWAY_ADMIN_ALLOW", env.get("GATEWAY_ADMIN_ALLOW", DEFAULT_ADMIN_ALLOW)),
         workers=workers,
         workers_reason=workers_reason,
         config_path=config_path,

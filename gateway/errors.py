@@ -27,6 +27,10 @@ class BadRequest(GatewayError):
     status, code, default_message = 400, "bad_request", "malformed request"
 
 
+class Forbidden(GatewayError):
+    status, code, default_message = 403, "forbidden", "this endpoint is not available to your address"
+
+
 class NotFound(GatewayError):
     status, code, default_message = 404, "not_found", "no route for this path"
 

@@ -30,6 +30,7 @@ class H11Protocol(asyncio.Protocol):
         self.closed = False  # connection_lost was called
         self.eof = False  # the peer half-closed (or closed)
         self.bytes_received = 0
+        self.high_water = HIGH_WATER  # a client connection lowers it by what it may hold of a body
         self._buffer = bytearray()  # received, not yet fed to h11
         self._fed_eof = False
         self._reading_paused = False
@@ -44,7 +45,7 @@ class H11Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.bytes_received += len(data)
         self._buffer += data
-        if len(self._buffer) >= HIGH_WATER and not self._reading_paused:
+        if len(self._buffer) >= self.high_water and not self._reading_paused:
             self._reading_paused = True
             self.transport.pause_reading()
         self._wake_reader()

@@ -9,9 +9,10 @@ never a dict. No asyncio here.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 Header = tuple[bytes, bytes]
 # (raw name, lower-case name, value): the shape of h11's parsed headers.
@@ -71,6 +72,59 @@ def _connection_drop(items: Sequence[FullHeader]) -> set[bytes] | frozenset[byte
         if name == b"connection":
             return connection_tokens(items) - _NEVER_DROPPED
     return frozenset()
+
+
+# RFC 9112 3.2 / RFC 3986 3.2.2: Host = uri-host [ ":" port ], uri-host being an
+# IP-literal ("[" IPv6 or IPvFuture "]"), an IPv4 address or a reg-name
+# (unreserved, pct-encoded, sub-delims; IPv4 is a reg-name lexically). Empty is
+# allowed (a target without authority). Anything else: 400 (RFC 9112 3.2).
+_HOST_RE = re.compile(
+    rb"(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|\[[vV][0-9A-Fa-f]+\.[A-Za-z0-9._~!$&'()*+,;=:-]+\]"
+    rb"|(?:[A-Za-z0-9._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?"
+)
+
+
+# Hosts already found valid (a process sees few): a set lookup instead of the
+# regex on every request. Bounded: past it, new hosts are checked each time.
+_VALID_HOSTS: set[bytes] = set()
+_VALID_HOSTS_MAX = 256
+
+
+def valid_host(value: bytes) -> bool:
+    if value in _VALID_HOSTS:
+        return True
+    m = _HOST_RE.fullmatch(value)
+    if m is None:
+        return False
+    ip6 = m.group("ip6")
+    if ip6 is not None:
+        try:
+            ipaddress.IPv6Address(ip6.decode("ascii"))
+        except ValueError:
+            return False
+    if len(_VALID_HOSTS) < _VALID_HOSTS_MAX:
+        _VALID_HOSTS.add(value)
+    return True
+
+
+def forwarded_client(items: Iterable[FullHeader], peer: str, is_trusted: Callable[[str], bool]) -> str:
+    """The client as the access log names it: for a trusted proxy ``peer``, the
+    nearest untrusted ``X-Forwarded-For`` entry (right to left, skipping trusted
+    hops: nginx's ``real_ip_recursive on``); every hop trusted: the leftmost one.
+    Call only for a trusted peer; an entry that is no address is the client
+    (it is then never in an allow list)."""
+    values = [value for _, name, value in items if name == b"x-forwarded-for"]
+    if not values:
+        return peer
+    client = peer
+    for hop in reversed(b",".join(values).split(b",")):
+        addr = hop.strip().decode("latin-1")
+        if not addr:
+            continue
+        client = addr
+        if not is_trusted(addr):
+            break
+    return client
 
 
 def valid_request_id(value: bytes) -> bool:

@@ -23,16 +23,18 @@ from gateway.accesslog import Record
 from gateway.errors import (
     BadRequest,
     ClientGone,
+    Forbidden,
     GatewayError,
     HeaderTooLarge,
+    MethodNotAllowed,
     NotFound,
     RequestTimeout,
     VersionNotSupported,
     error_body,
 )
-from gateway.flow import H11Protocol, StreamClosed
-from gateway.headers import Header, full_items, new_request_id, request_id_of
-from gateway.relay import proxy
+from gateway.flow import HIGH_WATER, H11Protocol, StreamClosed
+from gateway.headers import Header, forwarded_client, full_items, new_request_id, request_id_of
+from gateway.relay import proxy, request_framing
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -45,6 +47,10 @@ _CLOSE_AFTER = frozenset({400, 408, 413, 431, 505})
 # instead of a reset (nginx's lingering_close).
 LINGER_S = 2.0
 JSON = b"application/json"
+# Reading pauses earlier by what admission may hold of a request body, so a
+# connection's input stays within flow.HIGH_WATER (plus one read) as before.
+MIN_HIGH_WATER = 64 * 1024
+DASHBOARD = b"/api/gateway/"
 
 
 def _head_size(request: h11.Request) -> int:
@@ -66,6 +72,7 @@ class ClientConnection(H11Protocol):
         self.trusted = False
         self.cycles = 0
         self._head_deadline = 0.0
+        self.high_water = max(HIGH_WATER - gw.config.request_buffer_bytes, MIN_HIGH_WATER)
 
     # --- asyncio.Protocol -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -169,7 +176,11 @@ class ClientConnection(H11Protocol):
 
     async def _handle(self, request: h11.Request) -> None:
         gw = self.gw
-        rec = Record(self.client_ip, request.method, request.target, request_id_of(full_items(request.headers)))
+        items = full_items(request.headers)
+        # The client is the peer, or behind a trusted proxy the address it names
+        # (CONTRACT.md, Routing): the access log shows it, the admin check uses it.
+        client = forwarded_client(items, self.client_ip, gw.is_trusted) if self.trusted else self.client_ip
+        rec = Record(client, request.method, request.target, request_id_of(items))
         self.in_flight = True
         gw.metrics.in_flight += 1
         try:
@@ -183,8 +194,16 @@ class ClientConnection(H11Protocol):
                 raise NotFound(f"no route for {rec.path.split('?', 1)[0]}")
             if match.endpoint is not None:
                 rec.internal = match.endpoint != "not_found"
-                status, content_type, body, extra = await admin.serve(gw, match.endpoint, request.method, match.rest)
-                self.respond(status, content_type, body, rec, request.method, extra)
+                request_framing(request)  # the same strict head as a forwarded request
+                if not match.public and not gw.is_admin(client):
+                    # nginx's allow/deny with real_ip: operational data (client
+                    # addresses, query strings, internal URLs) stays inside.
+                    raise Forbidden(f"{rec.path.split('?', 1)[0]} is not available to {client}")
+                if match.endpoint == "dashboard_redirect":
+                    self._redirect(request, rec)
+                else:
+                    status, content_type, body, extra = await admin.serve(gw, match.endpoint, request.method, match.rest)
+                    self.respond(status, content_type, body, rec, request.method, extra)
             else:
                 route = match.route
                 assert route is not None
@@ -294,6 +313,15 @@ class ClientConnection(H11Protocol):
         rec.status = status
         rec.response_started = True
         self.write(data)
+
+    def _redirect(self, request: h11.Request, rec: Record) -> None:
+        """``/api/gateway`` -> 308 ``/api/gateway/`` (the query kept), as nginx redirects a directory."""
+        if request.method not in (b"GET", b"HEAD"):
+            raise MethodNotAllowed(f"{rec.method} is not allowed here; use GET or HEAD")
+        q = request.target.find(b"?")
+        location = DASHBOARD + (request.target[q:] if q >= 0 else b"")
+        body = b'{"location": "%s"}' % DASHBOARD
+        self.respond(308, JSON, body, rec, request.method, ((b"Location", location),))
 
     def _respond_error(self, error: GatewayError, rec: Record | None, method: bytes | None) -> None:
         if rec is None:

@@ -1,12 +1,16 @@
 """proxy(): the only place body bytes cross between a client and a backend.
 
-One request: check the framing and the body limit, take a pooled connection,
-send the head, stream the request body up (a task, so an early response or
-a 413 is seen at once), wait for the response head, stream the body down
-with backpressure on both sides. Both h11 sides DONE: the connection goes
-back to the pool; anything else: it is closed. Errors before the first
-response byte become the contract's JSON errors; after it, the client
-connection is closed so a truncated body never looks complete (Go's
+One request: check the framing and the body limit; admit the body (read it
+whole, or its first GATEWAY_REQUEST_BUFFER_BYTES, before a backend connection
+is taken: a slow or malformed upload never holds or reaches a backend); take a
+pooled connection, send the head with what is held, stream the rest up (a
+task, so an early response or a 413 is seen at once), wait for the response
+head, stream the body down with backpressure on both sides. Both h11 sides
+DONE: the connection goes back to the pool; anything else: it is closed. A
+reused connection that closes before any response byte gets the request once
+more on a fresh one when it is idempotent with its body held. Errors before
+the first response byte become the contract's JSON errors; after it, the
+client connection is closed so a truncated body never looks complete (Go's
 ``ErrAbortHandler``, uvicorn's ``response_started``).
 """
 
@@ -35,6 +39,7 @@ from gateway.headers import (
     rewrite_location,
     trace_context,
     upstream_request_headers,
+    valid_host,
 )
 from gateway.upstream import UpstreamConnection
 
@@ -48,10 +53,14 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"
 
 
 def request_framing(request: h11.Request) -> tuple[int | None, bool]:
-    """(Content-Length or None, chunked). Both at once is a smuggling vector: 400.
+    """(Content-Length or None, chunked), after RFC 9112's checks of the head: 400 for
+    both framings at once, for Transfer-Encoding in HTTP/1.0, for an invalid Host.
 
     RFC 9112 6.3: a message with both "ought to be handled as an error"; a
-    proxy that forwarded either reading would desync from the next hop.
+    proxy that forwarded either reading would desync from the next hop. 6.1:
+    Transfer-Encoding in an HTTP/1.0 request is faulty framing (an HTTP/1.0
+    hop cannot have sent it), so the connection is closed. 3.2: a Host that
+    is not ``uri-host [":" port]`` is a 400.
     """
     length: int | None = None
     chunked = False
@@ -60,8 +69,13 @@ def request_framing(request: h11.Request) -> tuple[int | None, bool]:
             length = int(value)
         elif name == b"transfer-encoding":
             chunked = True
-    if chunked and length is not None:
-        raise BadRequest("request has both Content-Length and Transfer-Encoding")
+        elif name == b"host" and not valid_host(value):
+            raise BadRequest("invalid Host header")
+    if chunked:
+        if length is not None:
+            raise BadRequest("request has both Content-Length and Transfer-Encoding")
+        if request.http_version != b"1.1":
+            raise BadRequest("HTTP/1.0 request with Transfer-Encoding")
     return length, chunked
 
 
@@ -74,8 +88,17 @@ async def proxy(client: ClientConnection, request: h11.Request, match: Match, re
     if limit and length is not None and length > limit:
         raise PayloadTooLarge(f"request body of {length} bytes is over the limit of {limit} bytes")
     has_body = chunked or bool(length)
+    held: bytes = b""
+    complete = True  # the whole body is held (or there is none)
     if not has_body:
         client.finish_empty_body()
+    else:
+        # Admission (CONTRACT.md, Forwarding): read the body, or its first
+        # GATEWAY_REQUEST_BUFFER_BYTES, before a backend connection is taken, so a
+        # slow or broken upload never holds one (nginx's client_body_buffer_size).
+        if client.h11.client_is_waiting_for_100_continue:
+            client.write(client.h11.send(h11.InformationalResponse(status_code=100, headers=(), reason=b"Continue")))
+        held, complete = await _admit_body(client, limit, length, chunked, gw.config.request_buffer_bytes, rec)
 
     items = full_items(request.headers)
     traceparent, trace_id = trace_context(items)
@@ -95,20 +118,28 @@ async def proxy(client: ClientConnection, request: h11.Request, match: Match, re
     head = h11.Request(method=request.method, target=match.upstream_target, headers=headers, _parsed=True)
     pool = gw.pools[route.name]
     timeout_s = route.upstream_timeout_s
-    retry_allowed = not has_body and request.method in IDEMPOTENT
+    # Go's shouldRetryRequest: an idempotent request whose body is held whole
+    # (or empty) may go out again; a streamed one, or a POST, may not.
+    retry_allowed = complete and request.method in IDEMPOTENT
 
     fresh = False
     while True:
         conn = await pool.acquire(route.connect_timeout_s, fresh=fresh)
         try:
-            await _exchange(client, conn, head, has_body, limit, timeout_s, request, rec)
-        except UpstreamClosed:
+            await _exchange(client, conn, head, held, complete, not has_body, limit, chunked, timeout_s, request, rec)
+        except UpstreamClosed as exc:
             conn.abort()
             pool.discard(conn)
             # A pooled connection the backend closed just as we reused it: no
-            # byte came back and the request is idempotent with no body, so it
-            # goes out again, once, on a new connection (CONTRACT.md, Forwarding).
-            if retry_allowed and not fresh and conn.reused and conn.bytes_received == 0:
+            # byte came back, and the request is idempotent with its body at hand
+            # (or nothing of it was written), so it goes out again, once, on a
+            # new connection (CONTRACT.md, Forwarding).
+            if (
+                not fresh
+                and conn.reused
+                and conn.bytes_received == 0
+                and (retry_allowed or exc.__cause__ is _UNSENT)
+            ):
                 gw.metrics.resent(route.name)
                 fresh = True
                 continue
@@ -121,12 +152,102 @@ async def proxy(client: ClientConnection, request: h11.Request, match: Match, re
         return
 
 
+class _Unsent(Exception):
+    """The cause of an UpstreamClosed raised before a byte of the request was written."""
+
+
+_UNSENT = _Unsent()
+
+
+async def _admit_body(
+    client: ClientConnection, limit: int, length: int | None, chunked: bool, buffer_bytes: int, rec: Record
+) -> tuple[bytes, bool]:
+    """(bytes held, whole body held): the body until it ends or ``buffer_bytes`` are held.
+
+    Bounded by the limit, and by GATEWAY_CLIENT_BODY_TIMEOUT between reads; a
+    framing error surfaces here, before anything went upstream.
+    """
+    held: list[bytes] = []
+    size = 0
+    # A declared length within the buffer is read to its end (its EndOfMessage
+    # included), so a body of exactly GATEWAY_REQUEST_BUFFER_BYTES is held whole.
+    whole = length is not None and length <= buffer_bytes
+    while whole or size < buffer_bytes:
+        event = await _body_event(client, limit, chunked, rec)
+        if type(event) is h11.EndOfMessage:
+            # Request trailers are dropped, as nginx does: a backend that
+            # merged them into the head would let a client smuggle Host or
+            # framing fields past our checks (RFC 9110 6.5.1).
+            return b"".join(held), True
+        held.append(event.data)
+        size += len(event.data)
+    return b"".join(held), False
+
+
+async def _body_event(client: ClientConnection, limit: int, chunked: bool, rec: Record) -> h11.Data | h11.EndOfMessage:
+    """The next piece of the request body, counted against the limit (413).
+
+    A pause longer than GATEWAY_CLIENT_BODY_TIMEOUT between reads is 408
+    (nginx's client_body_timeout). For a chunked body each chunk's declared
+    size is checked as soon as its size line is parsed: over 16 hex digits is
+    400, over what the limit leaves is 413 at once, rather than waiting for
+    bytes that will never be forwarded (CONTRACT.md, Request framing is strict).
+    """
+    loop = asyncio.get_running_loop()
+    pause_s = client.gw.config.client_body_timeout_s
+    try:
+        while True:
+            event = client.next_event()
+            if event is not h11.NEED_DATA:
+                break
+            if chunked:
+                _check_chunk(client, limit, rec.bytes_in)
+            await client.wait_for_data(loop.time() + pause_s)
+    except TimeoutError:
+        raise RequestTimeout(f"client paused its request body for more than {pause_s:g}s") from None
+    except h11.RemoteProtocolError as exc:
+        raise BadRequest(f"malformed request body: {exc}") from None
+    except StreamClosed:
+        raise ClientGone() from None
+    kind = type(event)
+    if kind is h11.Data:
+        rec.bytes_in += len(event.data)
+        if limit and rec.bytes_in > limit:
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+        return event  # type: ignore[no-any-return]
+    if kind is h11.EndOfMessage:
+        return event  # type: ignore[no-any-return]
+    if kind is h11.ConnectionClosed:
+        raise ClientGone()
+    raise BadRequest(f"unexpected {kind.__name__} in request body")  # pragma: no cover
+
+
+# RFC 9112 7.1 leaves the chunk size unbounded; the contract (and nginx, which
+# parses it into an off_t) takes at most 16 hex digits. h11 takes 20.
+MAX_CHUNK_SIZE = 1 << 64
+
+
+def _check_chunk(client: ClientConnection, limit: int, received: int) -> None:
+    # h11's ChunkedReader keeps what is left of the current chunk in
+    # ``_bytes_in_chunk``, set as soon as the size line is parsed (private,
+    # like ``Headers._full_items`` in headers.full_items).
+    left = getattr(client.h11._reader, "_bytes_in_chunk", 0)
+    if left:
+        if left >= MAX_CHUNK_SIZE:
+            raise BadRequest("chunk size over 16 hex digits")
+        if limit and received + left > limit:
+            raise PayloadTooLarge(f"a chunk of the request body is declared over the limit of {limit} bytes")
+
+
 async def _exchange(
     client: ClientConnection,
     conn: UpstreamConnection,
     head: h11.Request,
-    has_body: bool,
+    held: bytes,
+    complete: bool,
+    no_body: bool,
     limit: int,
+    chunked: bool,
     timeout_s: float,
     request: h11.Request,
     rec: Record,
@@ -134,11 +255,22 @@ async def _exchange(
     body_task: asyncio.Task[None] | None = None
     rec.upstream_start = time.perf_counter()
     try:
-        conn.send_head(head, end=not has_body)
-        if has_body:
-            if client.h11.client_is_waiting_for_100_continue:
-                client.write(client.h11.send(h11.InformationalResponse(status_code=100, headers=(), reason=b"Continue")))
-            body_task = asyncio.get_running_loop().create_task(_send_body(client, conn, limit, timeout_s, rec))
+        if conn.closed:
+            raise UpstreamClosed("upstream connection closed before the request was sent") from _UNSENT
+        conn.send_head(head, end=no_body)
+        if not no_body:
+            try:
+                data = conn.h11.send(h11.Data(data=held)) if held else b""
+                if complete:
+                    data += conn.h11.send(h11.EndOfMessage())
+                if data:
+                    conn.write(data)
+            except StreamClosed:
+                raise UpstreamClosed("upstream closed the connection while the request body was sent") from None
+            if not complete:
+                body_task = asyncio.get_running_loop().create_task(
+                    _send_body(client, conn, limit, chunked, timeout_s, rec)
+                )
         try:
             response = await conn.receive_response(asyncio.get_running_loop().time() + timeout_s)
         except TimeoutError:
@@ -170,51 +302,27 @@ def _raise_body_error(body_task: asyncio.Task[None] | None) -> None:
 
 
 async def _send_body(
-    client: ClientConnection, conn: UpstreamConnection, limit: int, timeout_s: float, rec: Record
+    client: ClientConnection, conn: UpstreamConnection, limit: int, chunked: bool, timeout_s: float, rec: Record
 ) -> None:
-    """Stream the client's body upstream, counting bytes for 413.
+    """Stream the rest of a body larger than GATEWAY_REQUEST_BUFFER_BYTES upstream.
 
     On any failure the upstream connection is aborted so the coroutine
     waiting for the response wakes up and reports this task's error.
     """
     loop = asyncio.get_running_loop()
     try:
-        total = 0
         while True:
+            event = await _body_event(client, limit, chunked, rec)
             try:
-                event = await client.receive_event(loop.time() + timeout_s)
+                if type(event) is h11.EndOfMessage:
+                    conn.write(conn.h11.send(h11.EndOfMessage()))  # trailers dropped (see _admit_body)
+                    return
+                conn.write(conn.h11.send(event))
+                await conn.drain(loop.time() + timeout_s)
             except TimeoutError:
-                raise RequestTimeout(f"client sent no body data for {timeout_s:g}s") from None
-            except h11.RemoteProtocolError as exc:
-                raise BadRequest(f"malformed request body: {exc}") from None
+                raise ReadTimeout(f"upstream accepted no body data for {timeout_s:g}s") from None
             except StreamClosed:
-                raise ClientGone() from None
-            kind = type(event)
-            if kind is h11.Data:
-                total += len(event.data)
-                rec.bytes_in = total
-                if limit and total > limit:
-                    raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-                try:
-                    conn.write(conn.h11.send(event))
-                    await conn.drain(loop.time() + timeout_s)
-                except TimeoutError:
-                    raise ReadTimeout(f"upstream accepted no body data for {timeout_s:g}s") from None
-                except StreamClosed:
-                    raise UpstreamClosed("upstream closed the connection while the request body was sent") from None
-            elif kind is h11.EndOfMessage:
-                # Request trailers are dropped, as nginx does: a backend that
-                # merged them into the head would let a client smuggle Host or
-                # framing fields past our checks (RFC 9110 6.5.1).
-                try:
-                    conn.write(conn.h11.send(h11.EndOfMessage()))
-                except StreamClosed:
-                    raise UpstreamClosed("upstream closed the connection while the request body was sent") from None
-                return
-            elif kind is h11.ConnectionClosed:
-                raise ClientGone()
-            else:  # pragma: no cover - h11 yields nothing else mid-body
-                raise BadRequest(f"unexpected {kind.__name__} in request body")
+                raise UpstreamClosed("upstream closed the connection while the request body was sent") from None
     except (GatewayError, ClientGone, StreamClosed, TimeoutError):
         conn.abort()
         raise

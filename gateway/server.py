@@ -77,6 +77,7 @@ class Gateway:
         self._snapshot_at = 0.0
         if self.shared_dir is not None:  # a restarted worker's stats window starts from the totals so far
             self.metrics.seed_window(time.monotonic(), self.view().total.services)
+        self._admin: dict[str, bool] = {}
 
     @property
     def draining(self) -> bool:
@@ -138,6 +139,9 @@ class Gateway:
         docs = shared.read_all(self.shared_dir)
         docs[shared.worker_file(os.getpid())] = own
         return shared.merge(list(docs.values()), names, self.config.recent_size)
+    def is_admin(self, ip: str) -> bool:
+        """A client in GATEWAY_ADMIN_ALLOW (it may use the operational endpoints)."""
+        return _member(ip, self.config.admin_allow, self._admin)
 
     def record(self, rec: Record) -> None:
         rec.end = now = time.perf_counter()
@@ -147,6 +151,24 @@ class Gateway:
             rec.bytes_in, rec.bytes_out, rec.start_wall,
         )
         self.log.access(rec)
+
+
+def _member(ip: str, nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], cache: dict[str, bool]) -> bool:
+    """``ip`` (a string as a peer or X-Forwarded-For gives it) in one of ``nets``; cached."""
+    found = cache.get(ip)
+    if found is None:
+        try:
+            addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            found = False  # not an address (a forged or garbled X-Forwarded-For entry): never a member
+        else:
+            if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+                addr = addr.ipv4_mapped
+            found = any(addr in net for net in nets)
+        if len(cache) > 4096:
+            cache.clear()
+        cache[ip] = found
+    return found
 
 
 class GatewayServer:

@@ -253,7 +253,7 @@ def test_router_agrees_with_a_longest_prefix_model(
         (b"/api/gateway/recent", "recent"),
         (b"/api/gateway/anything", "not_found"),
         (b"/api/gateway/status/extra", "not_found"),
-        (b"/api/gateway", "not_found"),
+        (b"/api/gateway", "dashboard_redirect"),  # 308 to /api/gateway/
     ],
 )
 @pytest.mark.parametrize("router", [ENV_ROUTER, NESTED_ROUTER], ids=["env", "with-/api-route"])

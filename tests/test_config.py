@@ -185,6 +185,12 @@ def test_port_out_of_range_is_rejected(raw: str) -> None:
     [
         ("GATEWAY_TRUSTED_PROXIES", "10.0.0.0/33"),
         ("GATEWAY_TRUSTED_PROXIES", "not-an-ip"),
+        ("GATEWAY_ADMIN_ALLOW", "10.0.0.0/33"),
+        ("GATEWAY_ADMIN_ALLOW", "127.0.0.1,everyone"),
+        ("GATEWAY_REQUEST_BUFFER_BYTES", "-1"),
+        ("GATEWAY_REQUEST_BUFFER_BYTES", "64k"),
+        ("GATEWAY_CLIENT_BODY_TIMEOUT", "0"),
+        ("GATEWAY_CLIENT_BODY_TIMEOUT", "soon"),
         ("GATEWAY_LOG_LEVEL", "loud"),
         ("GATEWAY_ACCESS_LOG", "maybe"),
     ],
@@ -192,6 +198,22 @@ def test_port_out_of_range_is_rejected(raw: str) -> None:
 def test_other_bad_values_name_their_variable(var: str, raw: str) -> None:
     """A bad value stops start-up with one clear line naming the variable."""
     assert var in config_error({var: raw})
+
+
+def test_hostile_traffic_settings_default_to_the_contract_and_are_read() -> None:
+    """GATEWAY_REQUEST_BUFFER_BYTES (65536), GATEWAY_CLIENT_BODY_TIMEOUT (10) and
+    GATEWAY_ADMIN_ALLOW (loopback and the private ranges) as the contract's table says."""
+    c = from_env({})
+    assert c.request_buffer_bytes == 65536
+    assert c.client_body_timeout_s == 10
+    assert set(c.admin_allow) == {
+        ipaddress.ip_network(n)
+        for n in ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+    }
+    c = from_env({"GATEWAY_REQUEST_BUFFER_BYTES": "1024", "GATEWAY_CLIENT_BODY_TIMEOUT": "2.5",
+                  "GATEWAY_ADMIN_ALLOW": " 10.1.0.0/16 , 2001:db8::/32"})
+    assert (c.request_buffer_bytes, c.client_body_timeout_s) == (1024, 2.5)
+    assert c.admin_allow == (ipaddress.ip_network("10.1.0.0/16"), ipaddress.ip_network("2001:db8::/32"))
 
 
 # ------------------------------------------------------------- backend URLs

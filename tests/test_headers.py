@@ -208,7 +208,7 @@ def test_end_to_end_request_headers_keep_order_case_and_duplicates(
     drop = dropped_names(items) | ADDED_BY_GATEWAY | {b"expect"}
     expected = [(raw, value) for raw, name, value in items if name not in drop]
     passed = [(n, v) for n, v in out if n.lower() not in drop]
-    if not any(name == b"host" for _, name, _ in items):
+    if not any(name == b"host" for _, name, _ in items) and b"host" not in drop:
         passed.remove((b"Host", DEFAULT_HOST))  # asserted in its own test
     assert passed == expected
 
@@ -404,3 +404,51 @@ def test_two_set_cookie_headers_stay_two_in_order() -> None:
         (b"Set-Cookie", b"b=2"),
         (b"X-Request-ID", b"ours"),
     ]
+
+
+# ------------------------------------------------- Host (RFC 9112 3.2) and the forwarded client
+import ipaddress  # noqa: E402
+
+import pytest  # noqa: E402
+
+from gateway.headers import forwarded_client, valid_host  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "host",
+    [b"", b"a", b"example.com", b"example.com:8080", b"host:", b"10.0.0.1:80", b"[::1]", b"[2001:db8::1]:443",
+     b"[v1.fe]", b"a%20b", b"a-b_c.~x!$&'()*+,;="],
+)
+def test_valid_host_accepts_reg_name_ipv4_and_ip_literal_with_optional_port(host: bytes) -> None:
+    assert valid_host(host)
+
+
+@pytest.mark.parametrize(
+    "host", [b"a b", b"a:b", b"a:1:2", b"[::1", b"::1", b"[zz::1]", b"a%2", b"a/b", b"a@b", b"\xff", b"a\tb"]
+)
+def test_invalid_host_is_rejected(host: bytes) -> None:
+    assert not valid_host(host)
+
+
+def _loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("xff", "client"),
+    [
+        ([], "127.0.0.1"),
+        ([b"203.0.113.9"], "203.0.113.9"),
+        ([b"10.0.0.1, 203.0.113.9"], "203.0.113.9"),  # the nearest untrusted hop, not the leftmost (spoofable)
+        ([b"203.0.113.9, 127.0.0.2"], "203.0.113.9"),  # trusted hops are skipped
+        ([b"10.0.0.1", b"203.0.113.9 , 127.0.0.3"], "203.0.113.9"),  # several fields are one list
+        ([b"127.0.0.5, 127.0.0.2"], "127.0.0.5"),  # every hop trusted: the leftmost
+        ([b"garbage"], "garbage"),  # not an address: the client, never in an allow list
+    ],
+)
+def test_forwarded_client_is_the_nearest_untrusted_entry(xff: list[bytes], client: str) -> None:
+    items = [(b"Host", b"host", b"x")] + [(b"X-Forwarded-For", b"x-forwarded-for", v) for v in xff]
+    assert forwarded_client(items, "127.0.0.1", _loopback) == client

@@ -531,7 +531,7 @@ def test_merge_never_collides_and_every_reference_resolves(a, b, c):
         (b"/api/gateway/docs/swagger-ui.css", "docs_asset", b"/swagger-ui.css"),
         (b"/api/gateway/docs/a/../b", "docs_asset", b"/a/../b"),
         (b"/api/gateway/docsx", "not_found", b""),
-        (b"/api/gateway", "not_found", b""),
+        (b"/api/gateway", "dashboard_redirect", b""),  # 308 to /api/gateway/ (contract v4)
         (b"/api/gateway/openapi.json", "openapi", b""),
         (b"/api/gateway/stats", "stats", b""),
     ],
