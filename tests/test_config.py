@@ -496,3 +496,11 @@ def test_bad_routes_file_syntax_exits_2_with_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and "GATEWAY_CONFIG" in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("path", ["/caf\u00e9", "/a b"])
+def test_routes_file_upstream_path_must_be_printable_ascii(tmp_path: Path, path: str) -> None:
+    """A non-ASCII or spaced upstream path is refused at start-up (one check, one message)."""
+    text = f'[[route]]\nprefix = "/api/x"\nupstream = "http://billing:8000{path}"\n'
+    message = config_error({"GATEWAY_CONFIG": write(tmp_path, text)})
+    assert "URL path must be printable ASCII" in message
