@@ -47,6 +47,24 @@ def listen_socket(config: Config) -> socket.socket:
     return sock
 
 
+class Connections(set[ClientConnection]):
+    """The open client connections; ``empty`` is set whenever the last one goes (drain waits on it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.empty = asyncio.Event()
+        self.empty.set()
+
+    def add(self, conn: ClientConnection) -> None:
+        super().add(conn)
+        self.empty.clear()
+
+    def discard(self, conn: ClientConnection) -> None:
+        super().discard(conn)
+        if not self:
+            self.empty.set()
+
+
 class Gateway:
     """Everything one worker shares between its connections."""
 
@@ -66,7 +84,7 @@ class Gateway:
         }
         self.metrics = Metrics([route.name for route in config.routes])
         self.openapi = OpenAPICache(self)  # /api/gateway/openapi.json; refreshes only once asked for
-        self.connections: set[ClientConnection] = set()
+        self.connections = Connections()
         self.state = "starting"
         self._trusted: dict[str, bool] = {}
 
@@ -215,12 +233,12 @@ class GatewayServer:
             await asyncio.sleep(cfg.drain_delay_s)
         self._stop_accepting()
         for conn in list(gw.connections):
-            conn.shutdown()
-        deadline = asyncio.get_running_loop().time() + cfg.shutdown_timeout_s
-        while gw.connections and asyncio.get_running_loop().time() < deadline:
-            for conn in list(gw.connections):
-                conn.shutdown()  # a connection that finished its request is idle now
-            await asyncio.sleep(0.05)
+            conn.shutdown()  # idle ones close now, busy ones once their answer is out
+        try:
+            async with asyncio.timeout(cfg.shutdown_timeout_s):
+                await gw.connections.empty.wait()
+        except TimeoutError:
+            pass
         left = len(gw.connections)
         for conn in list(gw.connections):
             conn.abort()
