@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import h11
 
-from gateway.config import Config, Route
+from gateway.config import Config, Route, authority
 
 
 @dataclass
@@ -50,7 +50,7 @@ async def probe(route: Route, config: Config) -> Probe:
                 h11.Request(
                     method="GET",
                     target=target,
-                    headers=[("Host", f"{up.host}:{up.port}"), ("User-Agent", "gateway-check"), ("Accept", "*/*")],
+                    headers=[("Host", authority(up.host, up.port)), ("User-Agent", "gateway-check"), ("Accept", "*/*")],
                 )
             )
             + conn.send(h11.EndOfMessage())

@@ -42,7 +42,7 @@ import h11
 import orjson
 
 from gateway import __version__
-from gateway.config import Route
+from gateway.config import Route, authority
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -105,8 +105,7 @@ async def _get(host: str, port: int, target: str) -> tuple[int, bytes]:
     reader, writer = await asyncio.open_connection(host, port)
     try:
         conn = h11.Connection(h11.CLIENT)
-        authority = (f"[{host}]" if ":" in host else host) + f":{port}"
-        headers = [("Host", authority), ("Accept", "application/json"),
+        headers = [("Host", authority(host, port)), ("Accept", "application/json"),
                    ("User-Agent", f"gateway/{__version__}"), ("Connection", "close")]
         writer.write(conn.send(h11.Request(method="GET", target=target, headers=headers)))
         writer.write(conn.send(h11.EndOfMessage()))

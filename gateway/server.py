@@ -17,7 +17,7 @@ import time
 from gateway import __version__
 from gateway.accesslog import Logger, Record
 from gateway.api import Router
-from gateway.config import Config
+from gateway.config import Config, authority
 from gateway.metrics import Metrics
 from gateway.openapi import OpenAPICache
 from gateway.pool import Pool
@@ -148,7 +148,7 @@ class GatewayServer:
             "info",
             "started",
             version=__version__,
-            listen=f"{cfg.host}:{self.port}",
+            listen=authority(cfg.host, self.port),
             worker=self.gw.worker_id,
             routes=[{"prefix": r.prefix, "service": r.name, "upstream": r.upstream.display} for r in cfg.routes],
             settings={
