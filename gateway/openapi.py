@@ -42,7 +42,8 @@ import h11
 import orjson
 
 from gateway import __version__
-from gateway.config import Route, authority
+from gateway.config import Route
+from gateway.h11client import H11Client
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -102,31 +103,13 @@ async def fetch_document(route: Route, timeout_s: float = FETCH_TIMEOUT_S) -> di
 
 
 async def _get(host: str, port: int, target: str) -> tuple[int, bytes]:
-    reader, writer = await asyncio.open_connection(host, port)
+    client = await H11Client.connect(host, port)
     try:
-        conn = h11.Connection(h11.CLIENT)
-        headers = [("Host", authority(host, port)), ("Accept", "application/json"),
-                   ("User-Agent", f"gateway/{__version__}"), ("Connection", "close")]
-        writer.write(conn.send(h11.Request(method="GET", target=target, headers=headers)))
-        writer.write(conn.send(h11.EndOfMessage()))
-        status = 0
-        body = bytearray()
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await reader.read(65536))
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-            elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > MAX_DOCUMENT_BYTES:
-                    raise OSError(f"document over {MAX_DOCUMENT_BYTES} bytes")
-            elif isinstance(event, h11.EndOfMessage):
-                return status, bytes(body)
-            elif isinstance(event, h11.ConnectionClosed):
-                raise OSError("connection closed before a complete response")
+        headers = [("Accept", "application/json"), ("User-Agent", f"gateway/{__version__}"), ("Connection", "close")]
+        response = await client.request("GET", target, headers, max_body_bytes=MAX_DOCUMENT_BYTES)
     finally:
-        writer.close()
+        client.close()
+    return response.status, response.body
 
 
 # ---------------------------------------------------------------------- merging

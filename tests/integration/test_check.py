@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.backends import Backend, _QuietServer, backend, free_port, make_handler
+from tests.backends import Backend, _QuietServer, backend, close_at_once, free_port, garbage, make_handler, raw_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,6 +50,20 @@ def test_a_backend_down_or_closing_idle_too_soon_exits_1() -> None:
     by_name = {line.split()[1]: line for line in proc.stdout.strip().splitlines()}
     assert by_name["service1"].startswith("FAIL") and "GATEWAY_POOL_IDLE_TIMEOUT" in by_name["service1"]
     assert by_name["service2"].startswith("FAIL") and "cannot connect" in by_name["service2"]
+
+
+def test_a_backend_closing_without_an_answer_or_sending_garbage_exits_1() -> None:
+    """Each problem named on its backend's line."""
+    with raw_server(close_at_once) as closing, raw_server(garbage) as bad:
+        proc = run_check(
+            GATEWAY_SERVICES="service1,service2",
+            SERVICE1_URL=f"http://127.0.0.1:{closing}",
+            SERVICE2_URL=f"http://127.0.0.1:{bad}",
+        )
+    assert proc.returncode == 1
+    by_name = {line.split()[1]: line for line in proc.stdout.strip().splitlines()}
+    assert by_name["service1"].startswith("FAIL") and "without a response" in by_name["service1"]
+    assert by_name["service2"].startswith("FAIL") and "invalid or broken response" in by_name["service2"]
 
 
 def test_configuration_error_exits_2() -> None:
