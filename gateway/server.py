@@ -83,7 +83,7 @@ class Gateway:
             for route in config.routes
         }
         self.metrics = Metrics([route.name for route in config.routes])
-        self.openapi = OpenAPICache(self)  # /api/gateway/openapi.json; refreshes only once asked for
+        self.openapi = OpenAPICache(self.router)  # /api/gateway/openapi.json; refreshes only once asked for
         self.connections = Connections()
         self.state = "starting"
         self._trusted: dict[str, bool] = {}
