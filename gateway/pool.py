@@ -317,7 +317,10 @@ class Pool:
         self._apply()
 
     def _apply(self) -> None:
-        to_close, granted = self._core.take_effects()
+        core = self._core
+        if not (core.to_close or core.granted):
+            return
+        to_close, granted = core.take_effects()
         for conn in to_close:
             conn.state = ConnState.CLOSED
             if not conn.closed:
