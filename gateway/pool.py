@@ -225,23 +225,20 @@ class Pool:
 
     async def acquire(self, connect_timeout_s: float, *, fresh: bool = False) -> UpstreamConnection:
         """A live connection, reused when one is idle and ``fresh`` is false."""
-        core = self._core
-        got = core.checkout(asyncio.get_running_loop().time(), fresh=fresh)
-        if core.to_close or core.granted:
-            self._apply()
-        if got is False:
-            handed = await self._wait()
-            if handed is not None:
-                handed.state = ConnState.ACTIVE
-                return handed
-        elif got is not True:
+        got = self._core.checkout(asyncio.get_running_loop().time(), fresh=fresh)
+        self._apply()  # stale idle connections it took off
+        if not isinstance(got, bool):
             got.state = ConnState.ACTIVE
             return got
+        if not got:
+            handed = await self._wait()
+            if handed is not None:
+                return handed
         # We hold a slot: open a connection in it, or give the slot back.
         try:
             return await self._connect(connect_timeout_s)
         except BaseException:
-            core.connect_failed()
+            self._core.connect_failed()
             self._apply()
             raise
 
@@ -295,8 +292,7 @@ class Pool:
             conn.h11.start_next_cycle()
             conn.state = ConnState.IDLE
             core.release(conn, asyncio.get_running_loop().time())
-        if core.to_close or core.granted:
-            self._apply()
+        self._apply()
 
     def discard(self, conn: UpstreamConnection) -> None:
         """Close a busy connection and free its slot."""
