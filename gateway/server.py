@@ -236,7 +236,8 @@ class GatewayServer:
             conn.shutdown()  # idle ones close now, busy ones once their answer is out
         try:
             async with asyncio.timeout(cfg.shutdown_timeout_s):
-                await gw.connections.empty.wait()
+                while gw.connections:  # one accepted just as the last one left: wait again
+                    await gw.connections.empty.wait()
         except TimeoutError:
             pass
         left = len(gw.connections)
