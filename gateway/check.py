@@ -18,6 +18,9 @@ from dataclasses import dataclass
 import h11
 
 from gateway.config import Config, Route
+from gateway.h11client import H11Client, IncompleteResponse
+
+MAX_BODY_BYTES = 16 * 1024 * 1024  # the probe's answer is read whole, then dropped
 
 
 @dataclass
@@ -36,47 +39,34 @@ async def probe(route: Route, config: Config) -> Probe:
         return Probe(route, False, f"cannot resolve {up.host!r}: {exc.strerror or exc}")
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(route.connect_timeout_s):
-            reader, writer = await asyncio.open_connection(up.host, up.port)
+        client = await H11Client.connect(up.host, up.port, route.connect_timeout_s)
     except TimeoutError:
         return Probe(route, False, f"connect timed out after {route.connect_timeout_s:g}s")
     except OSError as exc:
         return Probe(route, False, f"cannot connect: {exc.strerror or exc}")
-    conn = h11.Connection(h11.CLIENT)
     target = (route.strip_to or b"") + b"/"
     try:
-        writer.write(
-            conn.send(
-                h11.Request(
-                    method="GET",
-                    target=target,
-                    headers=[("Host", f"{up.host}:{up.port}"), ("User-Agent", "gateway-check"), ("Accept", "*/*")],
-                )
+        try:
+            response = await client.request(
+                "GET",
+                target,
+                [("User-Agent", "gateway-check"), ("Accept", "*/*")],
+                timeout_s=route.upstream_timeout_s,
+                max_body_bytes=MAX_BODY_BYTES,
             )
-            + conn.send(h11.EndOfMessage())
-        )
-        response: h11.Response | None = None
-        async with asyncio.timeout(route.upstream_timeout_s):
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(await reader.read(65536))
-                    continue
-                if type(event) is h11.Response:
-                    response = event
-                elif type(event) in (h11.EndOfMessage, h11.ConnectionClosed):
-                    break
+        except IncompleteResponse as exc:
+            if not exc.head_received:
+                return Probe(route, False, "closed the connection without a response")
+            raise
         elapsed_ms = (time.perf_counter() - started) * 1000
-        if response is None:
-            return Probe(route, False, "closed the connection without a response")
-        head = f"HTTP {response.status_code} in {elapsed_ms:.1f} ms"
-        if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
+        head = f"HTTP {response.status} in {elapsed_ms:.1f} ms"
+        if not client.keep_alive:
             return Probe(route, True, f"{head}; keep-alive: off (the backend closes after each response)")
         expiry = config.pool_idle_timeout_s
         idle_started = time.perf_counter()
         try:
             async with asyncio.timeout(expiry + 1.0):
-                data = await reader.read(1)
+                data = await client.read_idle()
         except TimeoutError:
             return Probe(route, True, f"{head}; keep-alive: idle connection kept > {expiry + 1:g}s (pool idle expiry {expiry:g}s)")
         held = time.perf_counter() - idle_started
@@ -95,7 +85,7 @@ async def probe(route: Route, config: Config) -> Probe:
     except (h11.RemoteProtocolError, OSError) as exc:
         return Probe(route, False, f"invalid or broken response: {exc}")
     finally:
-        writer.close()
+        client.close()
 
 
 async def check(config: Config) -> int:

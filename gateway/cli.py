@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway import __version__
-from gateway.config import Config, ConfigError, from_env
+from gateway.config import Config, ConfigError, authority, from_env
 
 
 def raise_nofile_limit(wanted: int) -> int:
@@ -39,7 +39,7 @@ def run_worker(config: Config, worker_id: int) -> int:
     try:
         uvloop.run(serve(config, worker_id=worker_id))
     except OSError as exc:
-        print(f"gateway: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"gateway: cannot listen on {authority(config.host, config.port)}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -71,6 +71,7 @@ class ClientConnection(H11Protocol):
         self.client_ip_bytes = b""
         self.trusted = False
         self.cycles = 0
+        self.closing = False  # shut down while busy: close once idle
         self._head_deadline = 0.0
         self.high_water = max(HIGH_WATER - gw.config.request_buffer_bytes, MIN_HIGH_WATER)
 
@@ -127,6 +128,7 @@ class ClientConnection(H11Protocol):
         arrived but are not parsed yet are answered, with Connection: close,
         like requests in flight; the header timeout bounds a silent one.
         """
+        self.closing = True
         if (
             self.cycles
             and not self.in_flight
@@ -146,6 +148,8 @@ class ClientConnection(H11Protocol):
                 # timeout. While draining too: this client got a keep-alive
                 # answer and may be sending its next request right now; the
                 # server closes idle connections once the listener is closed.
+                if self.closing:
+                    return None  # the listener is closed (``shutdown``): idle now, so close
                 try:
                     await self.wait_for_data(loop.time() + cfg.keepalive_timeout_s)
                 except (TimeoutError, StreamClosed):

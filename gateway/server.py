@@ -19,7 +19,7 @@ from typing import Any
 from gateway import __version__, shared
 from gateway.accesslog import Logger, Record
 from gateway.api import Router
-from gateway.config import Config
+from gateway.config import Config, authority
 from gateway.metrics import Gauges, Metrics, process_stats
 from gateway.openapi import OpenAPICache
 from gateway.pool import Pool
@@ -49,6 +49,24 @@ def listen_socket(config: Config) -> socket.socket:
     return sock
 
 
+class Connections(set[ClientConnection]):
+    """The open client connections; ``empty`` is set whenever the last one goes (drain waits on it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.empty = asyncio.Event()
+        self.empty.set()
+
+    def add(self, conn: ClientConnection) -> None:
+        super().add(conn)
+        self.empty.clear()
+
+    def discard(self, conn: ClientConnection) -> None:
+        super().discard(conn)
+        if not self:
+            self.empty.set()
+
+
 class Gateway:
     """Everything one worker shares between its connections."""
 
@@ -67,8 +85,8 @@ class Gateway:
             for route in config.routes
         }
         self.metrics = Metrics([route.name for route in config.routes])
-        self.openapi = OpenAPICache(self)  # /api/gateway/openapi.json; refreshes only once asked for
-        self.connections: set[ClientConnection] = set()
+        self.openapi = OpenAPICache(self.router)  # /api/gateway/openapi.json; refreshes only once asked for
+        self.connections = Connections()
         self.state = "starting"
         self._trusted: dict[str, bool] = {}
         # Several workers: snapshots in the supervisor's directory (gateway.shared).
@@ -201,7 +219,7 @@ class GatewayServer:
             "info",
             "started",
             version=__version__,
-            listen=f"{cfg.host}:{self.port}",
+            listen=authority(cfg.host, self.port),
             worker=self.gw.worker_id,
             workers=cfg.workers,
             workers_reason=cfg.workers_reason,
@@ -290,12 +308,13 @@ class GatewayServer:
             await asyncio.sleep(cfg.drain_delay_s)
         self._stop_accepting()
         for conn in list(gw.connections):
-            conn.shutdown()
-        deadline = asyncio.get_running_loop().time() + cfg.shutdown_timeout_s
-        while gw.connections and asyncio.get_running_loop().time() < deadline:
-            for conn in list(gw.connections):
-                conn.shutdown()  # a connection that finished its request is idle now
-            await asyncio.sleep(0.05)
+            conn.shutdown()  # idle ones close now, busy ones once their answer is out
+        try:
+            async with asyncio.timeout(cfg.shutdown_timeout_s):
+                while gw.connections:  # one accepted just as the last one left: wait again
+                    await gw.connections.empty.wait()
+        except TimeoutError:
+            pass
         left = len(gw.connections)
         for conn in list(gw.connections):
             conn.abort()

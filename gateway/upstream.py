@@ -9,15 +9,13 @@ backend, or that sat longer than the pool's idle expiry, is never reused.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import h11
 
 from gateway.errors import UpstreamClosed, UpstreamProtocolError
 from gateway.flow import H11Protocol, StreamClosed
-
-if TYPE_CHECKING:
-    from gateway.pool import Pool
 
 MAX_RESPONSE_HEAD_BYTES = 64 * 1024
 
@@ -30,22 +28,23 @@ class ConnState(enum.Enum):
 
 
 class UpstreamConnection(H11Protocol):
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, origin: str, on_idle_close: Callable[[UpstreamConnection], None]) -> None:
         super().__init__(h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD_BYTES))
-        self.pool = pool
+        self.origin = origin
+        self.on_idle_close = on_idle_close  # the backend closed it while it sat in the pool
         self.state = ConnState.NEW
         self.idle_since = 0.0
         self.requests = 0  # requests sent on this connection
         self.reusable = True  # cleared on ambiguous framing from the backend
 
     def __repr__(self) -> str:
-        return f"<UpstreamConnection {self.pool.origin} {self.state.value} requests={self.requests}>"
+        return f"<UpstreamConnection {self.origin} {self.state.value} requests={self.requests}>"
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         previous, self.state = self.state, ConnState.CLOSED
         if previous is ConnState.IDLE:
-            self.pool.forget_idle(self)
+            self.on_idle_close(self)
 
     @property
     def reused(self) -> bool:

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.api import Router
-from gateway.config import Config, ConfigError, Route, from_env
+from gateway.config import Config, ConfigError, Route, authority, from_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -518,3 +518,26 @@ def test_bad_routes_file_syntax_exits_2_with_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and "GATEWAY_CONFIG" in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("path", ["/caf\u00e9", "/a b"])
+def test_routes_file_upstream_path_must_be_printable_ascii(tmp_path: Path, path: str) -> None:
+    """A non-ASCII or spaced upstream path is refused at start-up (one check, one message)."""
+    text = f'[[route]]\nprefix = "/api/x"\nupstream = "http://billing:8000{path}"\n'
+    message = config_error({"GATEWAY_CONFIG": write(tmp_path, text)})
+    assert "URL path must be printable ASCII" in message
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "expected"),
+    [("example.com", 80, "example.com:80"), ("127.0.0.1", 8000, "127.0.0.1:8000"),
+     ("::1", 8000, "[::1]:8000"), ("fe80::1", None, "[fe80::1]")],
+)
+def test_authority_brackets_ipv6_addresses(host: str, port: int | None, expected: str) -> None:
+    assert authority(host, port) == expected
+
+
+def test_an_ipv6_upstream_has_bracketed_origin_and_host() -> None:
+    (route,) = from_env({"GATEWAY_SERVICES": "svc", "SVC_URL": "http://[::1]:8000"}).routes
+    assert route.upstream.origin == "http://[::1]:8000" and route.host_header == b"[::1]:8000"
+    assert route.upstream.display == "http://[::1]:8000"

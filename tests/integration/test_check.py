@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
-from tests.backends import backend, free_port
+import pytest
+
+from tests.backends import Backend, _QuietServer, backend, close_at_once, free_port, garbage, make_handler, raw_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,7 +52,55 @@ def test_a_backend_down_or_closing_idle_too_soon_exits_1() -> None:
     assert by_name["service2"].startswith("FAIL") and "cannot connect" in by_name["service2"]
 
 
+def test_a_backend_closing_without_an_answer_or_sending_garbage_exits_1() -> None:
+    """Each problem named on its backend's line."""
+    with raw_server(close_at_once) as closing, raw_server(garbage) as bad:
+        proc = run_check(
+            GATEWAY_SERVICES="service1,service2",
+            SERVICE1_URL=f"http://127.0.0.1:{closing}",
+            SERVICE2_URL=f"http://127.0.0.1:{bad}",
+        )
+    assert proc.returncode == 1
+    by_name = {line.split()[1]: line for line in proc.stdout.strip().splitlines()}
+    assert by_name["service1"].startswith("FAIL") and "without a response" in by_name["service1"]
+    assert by_name["service2"].startswith("FAIL") and "invalid or broken response" in by_name["service2"]
+
+
 def test_configuration_error_exits_2() -> None:
     """A bad configuration value: one line naming the variable, exit 2."""
     proc = run_check(GATEWAY_SERVICES="service1", SERVICE1_URL="nope")
     assert proc.returncode == 2 and "SERVICE1_URL" in proc.stderr
+
+
+def _has_ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+class _IPv6Server(_QuietServer):
+    address_family = socket.AF_INET6
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_an_ipv6_backend_gets_a_bracketed_host_header() -> None:
+    """`gateway check` against http://[::1]:port sends `Host: [::1]:port` (RFC 3986 3.2.2), not `::1:port`."""
+    ref: list[Backend] = []
+    server = _IPv6Server(("::1", 0), make_handler(ref, None))
+    server.daemon_threads = True
+    ref.append(Backend(server))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        proc = run_check(GATEWAY_SERVICES="service1", SERVICE1_URL=f"http://[::1]:{port}", GATEWAY_POOL_IDLE_TIMEOUT="0.5")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [seen.header("Host") for seen in ref[0].seen] == [f"[::1]:{port}"]

@@ -76,10 +76,11 @@ def service1_total(port: int) -> float:
 def workers_answering(port: int) -> set[int]:
     """Which workers answer on fresh connections (the kernel spreads them)."""
     seen: set[int] = set()
-    for _ in range(200):
+    # A worker binds its listener when it has started, which on a loaded machine can be
+    # well after the supervisor's start line: keep asking until both answered, or LAG_S x 10.
+    deadline = time.monotonic() + 10 * LAG_S
+    while len(seen) < 2 and time.monotonic() < deadline:
         seen.add(get_json(port, "/health")[1]["worker"])
-        if len(seen) == 2:
-            break
     return seen
 
 
