@@ -185,14 +185,13 @@ class UpstreamConnection(H11Protocol):
             raise UpstreamProtocolError(f"invalid response from upstream: {exc}") from None
 
     def _next_head_event(self) -> Any:
-        """Like next_event, but h11 gets the bytes of the head only: what
+        """Like next_event, but h11 gets the bytes of one head only: what
         follows stays in our buffer, so a Content-Length body can be relayed
-        without going through h11 (relay_body)."""
+        without going through h11 (relay_body). h11 is asked only when a whole
+        head (or an error for it to report) is there: its buffer is empty
+        between heads, so without one it could only say NEED_DATA."""
         buf = self._buffer
-        while True:
-            event = self.next_event() if not buf else self.h11.next_event()
-            if event is not h11.NEED_DATA or not buf:
-                return event
+        while buf:
             match = _HEAD_END.search(buf)
             if match is not None and buf[:1] != b"\n" and buf[:2] != b"\r\n":
                 end = match.end()
@@ -200,12 +199,13 @@ class UpstreamConnection(H11Protocol):
                 end = len(buf)  # h11 decides (an error, or its size limit)
             else:
                 return h11.NEED_DATA  # the head is not complete yet
-            try:
-                self.h11.receive_data(buf[:end])
-            except h11.RemoteProtocolError as exc:  # pragma: no cover - data after EOF
-                raise UpstreamProtocolError(f"invalid response from upstream: {exc}") from None
+            self.h11.receive_data(buf[:end])
             del buf[:end]
             self._maybe_resume()
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+        return self.next_event() if self.eof else h11.NEED_DATA  # h11 gets the EOF
 
     def _maybe_resume(self) -> None:
         if self._reading_paused and not self.closed and len(self._buffer) < HIGH_WATER:
