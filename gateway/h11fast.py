@@ -13,7 +13,11 @@ went through, ``end_*`` records the ``EndOfMessage`` that h11's
 ``ContentLengthReader``/``ContentLengthWriter`` would have produced at that
 point.
 
-These touch two h11 internals (``_process_event``, ``_cstate.keep_alive``);
+``headers()`` hands h11 a ready ``Headers`` object, which its events take
+without a second ``normalize_and_validate`` pass.
+
+These touch h11 internals (``_process_event``, ``_cstate.keep_alive``,
+``Headers``);
 uv.lock pins h11, and tests/test_h11fast.py checks the bytes and the states
 against h11's own ``send`` for this version (``H11_VERSION``).
 """
@@ -23,10 +27,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import h11
+from h11._headers import Headers
 
-from gateway.headers import FullHeader
+from gateway.headers import FullHeader, Header
 
 H11_VERSION = "0.16.0"
+
+
+def headers(pairs: Sequence[Header]) -> Headers:
+    """h11 ``Headers`` for an event, from (name, value) pairs that h11 parsed
+    or we validated, with at most one Content-Length and no Transfer-Encoding
+    other than ``chunked`` (what h11's normalisation would have checked)."""
+    return Headers([(raw, raw.lower(), value) for raw, value in pairs])
 
 
 def _head(first_line: bytes, items: Sequence[FullHeader]) -> bytes:

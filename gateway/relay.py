@@ -264,7 +264,9 @@ async def _relay_response(
     client.add_response_headers(out_headers, rec)
     rec.status = response.status_code
     hconn = client.h11
-    head = h11.Response(status_code=response.status_code, headers=out_headers, reason=response.reason, _parsed=True)
+    head = h11.Response(
+        status_code=response.status_code, headers=h11fast.headers(out_headers), reason=response.reason, _parsed=True
+    )
     if length is not None and not has_te:
         head_bytes = h11fast.response_head(hconn, head)
         if head_bytes is not None:

@@ -102,3 +102,11 @@ def test_error_state_like_send() -> None:
     assert conn.our_state is h11.ERROR
     with pytest.raises(h11.LocalProtocolError):
         h11fast.end_sent_body(conn)
+
+
+def test_headers_are_what_normalisation_gives() -> None:
+    pairs = [(b"Host", b"x"), (b"Content-Length", b"3"), (b"X-A", b"b"), (b"X-A", b"c")]
+    fast = h11.Request(method=b"POST", target=b"/", headers=h11fast.headers(pairs), _parsed=True)
+    ref = h11.Request(method=b"POST", target=b"/", headers=pairs)
+    assert fast.headers._full_items == ref.headers._full_items
+    assert fast == ref
