@@ -92,8 +92,11 @@ async def proxy(client: ClientConnection, request: h11.Request, match: Match, re
         traceparent=traceparent,
     )
     # Every byte here was validated by h11's parser or by us (config, request
-    # id, trace context): skip h11's second validation pass (``_parsed``).
-    head = h11.Request(method=request.method, target=match.upstream_target, headers=headers, _parsed=True)
+    # id, trace context): skip h11's second validation pass (``_parsed``, and
+    # a ready Headers object: no second normalisation).
+    head = h11.Request(
+        method=request.method, target=match.upstream_target, headers=h11fast.headers(headers), _parsed=True
+    )
     pool = gw.pools[route.name]
     timeout_s = route.upstream_timeout_s
     retry_allowed = not has_body and request.method in IDEMPOTENT
