@@ -101,3 +101,34 @@ def test_backend_stalling_mid_body_closes_the_client_after_the_timeout(gateway_f
         head, _, body = data.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200")
         assert 0 < len(body) < BIG
+
+
+def test_client_leaving_mid_body_frees_the_upstream_connection(gateway_factory):
+    """A client that closes while a large body is being relayed: the backend connection is
+    closed (never reused half-read), the pool slot comes back, the next request works."""
+    from tests.integration.test_failures import wait_pool_settled
+
+    with running(fast_backend()) as be:
+        gw = gateway_factory(SERVICE1_URL=be.url, GATEWAY_POOL_MAX_CONNECTIONS="1")
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+            s.sendall(b"GET /api/service1/bytes/%d HTTP/1.1\r\nHost: t\r\n\r\n" % (64 * 1024 * 1024))
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        wait_pool_settled(gw)
+        status, _, body = request(gw.port, "GET", "/api/service1/bytes/1000")
+        assert (status, body) == (200, body_of(1000))
+
+
+def test_http10_client_and_head_requests_on_the_relay_path(gateway_factory):
+    """An HTTP/1.0 client (h11 adds Connection: close: the general path) and a HEAD (a
+    Content-Length and no body) both get exact framing."""
+    with running(fast_backend()) as be:
+        gw = gateway_factory(SERVICE1_URL=be.url)
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+            s.sendall(b"GET /api/service1/bytes/300000 HTTP/1.0\r\n\r\n")
+            data, closed = read_until_closed(s, 5)
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert closed and head.startswith(b"HTTP/1.1 200") and b"connection: close" in head.lower()
+        assert body == body_of(300000)
+        status, headers, body = request(gw.port, "HEAD", "/api/service1/bytes/5000")
+        assert (status, headers["Content-Length"], body) == (200, "5000", b"")
+        assert request(gw.port, "GET", "/api/service1/bytes/5")[2] == body_of(5)
