@@ -207,6 +207,17 @@ class UpstreamConnection(H11Protocol):
                 return event
         return self.next_event() if self.eof else h11.NEED_DATA  # h11 gets the EOF
 
+    async def _wait_for_more(self, deadline: float) -> None:
+        """Wait for bytes beyond those buffered (a head still incomplete stays
+        in our buffer, so ``wait_for_data`` would return at once), or EOF."""
+        if self.eof:
+            return
+        self._data_waiter = waiter = asyncio.get_running_loop().create_future()
+        try:
+            await _wait(waiter, deadline)
+        finally:
+            self._data_waiter = None
+
     def _maybe_resume(self) -> None:
         if self._reading_paused and not self.closed and len(self._buffer) < HIGH_WATER:
             self._reading_paused = False
@@ -226,7 +237,7 @@ class UpstreamConnection(H11Protocol):
             try:
                 event = self._next_head_event()
                 while event is h11.NEED_DATA:
-                    await self.wait_for_data(deadline)
+                    await self._wait_for_more(deadline)
                     event = self._next_head_event()
             except h11.RemoteProtocolError as exc:
                 if self.eof:

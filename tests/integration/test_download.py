@@ -132,3 +132,30 @@ def test_http10_client_and_head_requests_on_the_relay_path(gateway_factory):
         status, headers, body = request(gw.port, "HEAD", "/api/service1/bytes/5000")
         assert (status, headers["Content-Length"], body) == (200, "5000", b"")
         assert request(gw.port, "GET", "/api/service1/bytes/5")[2] == body_of(5)
+
+
+def split_head_handler(rc: RawConn, server: RawServer) -> None:
+    """The response head in two parts, 0.5 s apart."""
+    while True:
+        req = read_request_head(rc)
+        if req is None:
+            return
+        read_request_body(rc, req)
+        rc.sock.sendall(b"HTTP/1.1 200 OK\r\nContent-")
+        time.sleep(0.5)
+        rc.sock.sendall(b"Length: 2\r\n\r\nok")
+
+
+def test_head_in_pieces_is_waited_for_not_polled(gateway_factory):
+    """A response head that arrives in two parts: the gateway waits for the rest (it
+    does not spin on the part it holds) and answers once it is whole."""
+    import resource
+
+    with running(RawServer(split_head_handler)) as be:
+        gw = gateway_factory(SERVICE1_URL=be.url)
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        status, _, body = request(gw.port, "GET", "/api/service1/x")
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        assert (status, body) == (200, b"ok")
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        assert cpu < 0.25, f"{cpu:.2f} s of CPU while waiting 0.5 s for the rest of a head"
