@@ -584,7 +584,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"- {meta['pinning']}",
         f"- wrk {meta['versions'].get('wrk', '?')}, {meta['duration_s']:g} s per row, timeout "
         f"{meta['timeout_s']:g} s, {meta['wrk_threads']} wrk thread(s); large bodies and the POST at "
-        "concurrency 10. Every proxy runs alone, one process, access log off.",
+        "concurrency 10. Every proxy runs alone, one process, access log off (but in the gateway's "
+        "\"access log on\" rows).",
         f"- h11 floor ({floor['h11_version']}, Python {floor['python']}): **{floor['floor_us']:.1f} µs** of CPU per "
         f"proxied request (server side {floor['server_us']:.1f} + client side {floor['client_us']:.1f}; median "
         f"{floor['floor_us_median']:.1f}; lower of "
