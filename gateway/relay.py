@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import h11
 
+from gateway import h11fast
 from gateway.api import Match
 from gateway.errors import (
     BadRequest,
@@ -114,8 +115,11 @@ async def proxy(client: ClientConnection, request: h11.Request, match: Match, re
         traceparent=traceparent,
     )
     # Every byte here was validated by h11's parser or by us (config, request
-    # id, trace context): skip h11's second validation pass (``_parsed``).
-    head = h11.Request(method=request.method, target=match.upstream_target, headers=headers, _parsed=True)
+    # id, trace context): skip h11's second validation pass (``_parsed``, and
+    # a ready Headers object: no second normalisation).
+    head = h11.Request(
+        method=request.method, target=match.upstream_target, headers=h11fast.headers(headers), _parsed=True
+    )
     pool = gw.pools[route.name]
     timeout_s = route.upstream_timeout_s
     # Go's shouldRetryRequest: an idempotent request whose body is held whole
@@ -338,12 +342,14 @@ async def _relay_response(
 ) -> None:
     loop = asyncio.get_running_loop()
     items = full_items(response.headers)
-    has_te = has_cl = False
-    for _, name, _ in items:
+    has_te = False
+    length: int | None = None
+    for _, name, value in items:
         if name == b"transfer-encoding":
             has_te = True
         elif name == b"content-length":
-            has_cl = True
+            length = int(value)  # h11 checked it: one value, digits only
+    has_cl = length is not None
     out_headers = client_response_headers(items, rec.request_id_bytes)
     if has_te and has_cl:
         # RFC 9112 6.3: Transfer-Encoding wins; the length must not be passed
@@ -370,7 +376,16 @@ async def _relay_response(
     client.add_response_headers(out_headers, rec)
     rec.status = response.status_code
     hconn = client.h11
-    head = h11.Response(status_code=response.status_code, headers=out_headers, reason=response.reason, _parsed=True)
+    head = h11.Response(
+        status_code=response.status_code, headers=h11fast.headers(out_headers), reason=response.reason, _parsed=True
+    )
+    if length is not None and not has_te:
+        head_bytes = h11fast.response_head(hconn, head)
+        if head_bytes is not None:
+            if request.method == b"HEAD" or response.status_code in (204, 304):
+                length = 0  # h11's framing: no body whatever the header says
+            await _relay_fixed(client, conn, head_bytes, length, timeout_s, rec)
+            return
     # The head goes to h11 (and so the response "starts") only at the first
     # write: if the backend's body turns out broken before that, the client
     # still gets a clean 502 instead of a cut-off response.
@@ -418,3 +433,34 @@ async def _relay_response(
         else:  # pragma: no cover
             raise UpstreamClosed(f"unexpected upstream event {kind.__name__}")
         rec.bytes_out = sent
+
+
+async def _relay_fixed(
+    client: ClientConnection,
+    conn: UpstreamConnection,
+    head: bytes,
+    length: int,
+    timeout_s: float,
+    rec: Record,
+) -> None:
+    """A Content-Length body: bytes to count, not to parse. What came with the
+    head leaves with it in one write; the rest goes from the backend's socket
+    to the client's transport as it arrives (``relay_body``). h11 still parsed
+    the head and records both ends of the message."""
+    body = conn.take_body(length)
+    rec.response_started = True
+    if len(body) <= 65536:
+        client.write(head + body)
+    else:
+        client.write(head)
+        client.write(body)
+    sent = len(body)
+    rec.bytes_out = sent
+    if sent < length:
+        try:
+            await conn.relay_body(client, length - sent, timeout_s)
+        finally:
+            rec.bytes_out = sent + conn.relayed
+    else:
+        h11fast.end_received_body(conn.h11)
+    h11fast.end_sent_body(client.h11)
