@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.load import Row, fmt_row_line, parse_wrk_output
+from benchmarks.pyspy import summarise_profile
 from benchmarks.report import markdown
 from benchmarks.targets import TARGET_COLORS, TARGET_LABELS, TARGETS
 
@@ -94,3 +95,16 @@ def test_progress_line_of_a_row() -> None:
 def test_every_target_has_a_label_and_a_colour() -> None:
     assert TARGETS[0] == "direct"
     assert set(TARGET_LABELS) == set(TARGETS) == set(TARGET_COLORS)
+
+
+def test_profile_summary_folds_line_numbers_and_groups_by_module(tmp_path: Path) -> None:
+    raw = tmp_path / "gateway-profile.txt"
+    raw.write_text(
+        "run (asyncio/runners.py:118);data_received (gateway/protocol.py:90);next_event (h11/_connection.py:470) 3\n"
+        "run (asyncio/runners.py:118);data_received (gateway/protocol.py:95) 1\n"
+    )
+    text = summarise_profile(raw)
+    assert text.startswith(f"profile: 4 samples, py-spy raw stacks in {raw}\n")
+    assert "   75.0%  h11\n" in text
+    assert "   25.0%  gateway/protocol.py\n" in text
+    assert "  100.0%  data_received (gateway/protocol.py)" in text  # inclusive, both lines folded into one
