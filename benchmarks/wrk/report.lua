@@ -1,5 +1,5 @@
--- Appended to every wrk script by benchmarks/run.py: after the run, one line
--- of JSON with the exact figures (latency in microseconds), which run.py
+-- Appended to every wrk script by benchmarks/load.py: after the run, one line
+-- of JSON with the exact figures (latency in microseconds), which load.py
 -- reads instead of parsing wrk's rounded text.
 done = function(summary, latency, requests)
    local e = summary.errors
