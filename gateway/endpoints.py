@@ -15,7 +15,7 @@ imports from the rest of the package.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 PUBLIC = "public"
 OPERATIONAL = "operational"
@@ -30,10 +30,10 @@ class Endpoint:
     access: str = OPERATIONAL
     prefix: bool = False  # the path and everything below it (``Match.rest`` is what is below)
     openapi: str | None = None  # media type, when the merged OpenAPI document lists it
+    public: bool = field(init=False, repr=False, compare=False)  # access == PUBLIC, derived once
 
-    @property
-    def public(self) -> bool:
-        return self.access == PUBLIC
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "public", self.access == PUBLIC)
 
 
 # An exact entry and a prefix entry may share a path: the exact one wins for
