@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.cpus import usable_cpus as usable_cpus  # GATEWAY_WORKERS=auto; re-exported for its tests
+from gateway.endpoints import is_reserved
 
 RESERVED_NAMES = frozenset({"gateway"})
 _NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,62})\Z")
@@ -457,7 +458,7 @@ def load_routes_file(
         segments = prefix.split("/")[1:]
         if not all(_PREFIX_SEGMENT_RE.match(s) for s in segments):
             raise ConfigError(f"{where}: 'prefix' {prefix!r} has an empty or invalid segment")
-        if segments[0] == "health" or segments[:2] == ["api", "gateway"]:
+        if is_reserved(prefix):
             raise ConfigError(f"{where}: 'prefix' {prefix!r} is reserved for the gateway's own endpoints")
         if prefix in seen:
             raise ConfigError(f"{where}: 'prefix' {prefix!r} is declared twice")

@@ -67,6 +67,18 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 )
 
 BY_NAME: dict[str, Endpoint] = {e.name: e for e in ENDPOINTS}
+# The paths no route may take, nor anything below them: /health and /api/gateway.
+RESERVED: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        e.path.rstrip("/") for e in ENDPOINTS
+        if not any(o.path != e.path and e.path.startswith(o.path.rstrip("/") + "/") for o in ENDPOINTS)
+    )
+)
+
+
+def is_reserved(prefix: str) -> bool:
+    """Whether a route prefix (no trailing slash) is, or is below, a gateway endpoint path."""
+    return any(prefix == path or prefix.startswith(path + "/") for path in RESERVED)
 
 
 def shown_path(endpoint: Endpoint) -> str:

@@ -11,7 +11,8 @@ import pytest
 
 from gateway import admin
 from gateway.api import Router
-from gateway.endpoints import ENDPOINTS, OPERATIONAL, PUBLIC, Endpoint, markdown_table, shown_path
+from gateway.config import ConfigError, from_env
+from gateway.endpoints import ENDPOINTS, OPERATIONAL, PUBLIC, RESERVED, Endpoint, markdown_table, shown_path
 from gateway.openapi_merge import merge
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,3 +74,18 @@ def test_openapi_lists_the_entries_with_a_media_type() -> None:
         operation = paths[path]["get"]
         assert operation["summary"] == e.summary
         assert set(operation["responses"]["200"]["content"]) == {e.openapi}
+
+
+def test_no_route_may_take_a_gateway_path(tmp_path: Path) -> None:
+    """The routes file refuses every path of the table and what is below it, and nothing else."""
+    assert RESERVED == ("/health", "/api/gateway")
+    for endpoint in ENDPOINTS:
+        for prefix in (endpoint.path.rstrip("/"), endpoint.path.rstrip("/") + "/x"):
+            routes = tmp_path / "routes.toml"
+            routes.write_text(f'[[route]]\nprefix = "{prefix}"\nupstream = "http://x:8000"\n')
+            with pytest.raises(ConfigError, match="reserved for the gateway's own endpoints"):
+                from_env({"GATEWAY_CONFIG": str(routes)})
+    for prefix in ("/healthz", "/api/gatewayx", "/api"):
+        routes = tmp_path / "routes.toml"
+        routes.write_text(f'[[route]]\nprefix = "{prefix}"\nupstream = "http://x:8000"\n')
+        assert [r.prefix for r in from_env({"GATEWAY_CONFIG": str(routes)}).routes][-1] == prefix
