@@ -34,6 +34,7 @@ def _cgroup_quota(root: str, proc_cgroup: str) -> float | None:
         return None
     quotas = []
     for line in lines:
+        files: tuple[str, ...]
         _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
         if controllers == "":  # v2: "0::/path"
             dirs, files = [root], ("cpu.max",)
