@@ -1,4 +1,4 @@
-"""One JSON line per request on stdout, and JSON event lines (CONTRACT.md, Logs).
+"""One JSON line per request on stdout, and JSON event lines (docs/forwarding.md, Logs).
 
 Lines are serialised with orjson and written straight to stdout's file
 descriptor, coalesced per event-loop iteration: no ``logging`` formatting

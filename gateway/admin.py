@@ -1,9 +1,11 @@
 """The gateway's own endpoints: ``/health`` and ``/api/gateway/*``.
 
-Routed by the same trie as the backends (``api.GATEWAY_ENDPOINTS``); GET and
-HEAD only, anything else is 405. ``/health`` never touches a backend.
-Handlers are plain functions returning (status, content type, body); one that
-must wait (the merged OpenAPI document) is a coroutine function, awaited here.
+Routed by the same trie as the backends; which function answers which path
+is the table in ``gateway.endpoints``. GET and HEAD only, anything else is
+405. ``/health`` never touches a backend. Handlers are plain functions of
+(gateway, path below a prefix endpoint) returning (status, content type,
+body, extra headers); one that must wait (the merged OpenAPI document) is a
+coroutine function, awaited here.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import orjson
 
 from gateway import __version__, shared, webui
 from gateway.accesslog import rfc3339
+from gateway.endpoints import ENDPOINTS
 from gateway.errors import MethodNotAllowed, NotFound
 from gateway.metrics import prometheus
 
@@ -27,29 +30,30 @@ JSON = b"application/json"
 PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
 
 
-Response = tuple[int, bytes, bytes]
 Extra = tuple[tuple[bytes, bytes], ...]  # headers beyond the content type (the docs' Cache-Control)
+Response = tuple[int, bytes, bytes, Extra]
 
 
-async def serve(gw: Gateway, endpoint: str, method: bytes, rest: bytes = b"") -> tuple[int, bytes, bytes, Extra]:
+async def serve(gw: Gateway, endpoint: str, method: bytes, rest: bytes = b"") -> Response:
     """(status, content type, body, extra headers) for a gateway endpoint; ``rest``
-    is the path below a prefix endpoint (``api.GATEWAY_PREFIX_ENDPOINTS``)."""
-    if endpoint == "not_found":
-        raise NotFound("no such gateway endpoint")
-    if method not in (b"GET", b"HEAD"):
+    is the path below a prefix endpoint."""
+    handler = _HANDLERS[endpoint]
+    if handler is not not_found and method not in (b"GET", b"HEAD"):
         raise MethodNotAllowed(f"{method.decode('ascii', 'replace')} is not allowed here; use GET or HEAD")
-    if endpoint in ("docs", "docs_asset"):
-        return docs_asset(b"/" if endpoint == "docs" else rest)
-    result = _HANDLERS[endpoint](gw)
-    status, ctype, body = await result if inspect.isawaitable(result) else result
-    return status, ctype, body, ()
+    result = handler(gw, rest)
+    return await result if inspect.isawaitable(result) else result
 
 
-def _json(status: int, payload: Any) -> tuple[int, bytes, bytes]:
-    return status, JSON, orjson.dumps(payload)
+def _json(status: int, payload: Any) -> Response:
+    return status, JSON, orjson.dumps(payload), ()
 
 
-def health(gw: Gateway) -> tuple[int, bytes, bytes]:
+def not_found(gw: Gateway, rest: bytes) -> Response:
+    """Anything else under ``/api/gateway``, whatever the method."""
+    raise NotFound("no such gateway endpoint")
+
+
+def health(gw: Gateway, rest: bytes) -> Response:
     state = gw.state
     return _json(
         200 if state == "ok" else 503,
@@ -71,7 +75,7 @@ def _waiting(view: shared.View, name: str) -> int:
     return view.gauges.pools.get(name, (0, 0, 0))[2]
 
 
-def services(gw: Gateway) -> tuple[int, bytes, bytes]:
+def services(gw: Gateway, rest: bytes) -> Response:
     view = gw.view()
     out = []
     for route in gw.router.routes:
@@ -93,7 +97,7 @@ def services(gw: Gateway) -> tuple[int, bytes, bytes]:
     return _json(200, {"services": out})
 
 
-def status(gw: Gateway) -> tuple[int, bytes, bytes]:
+def status(gw: Gateway, rest: bytes) -> Response:
     """This gateway, all workers together; ``worker`` is the one answering."""
     view = gw.view()
     m = view.total
@@ -120,15 +124,15 @@ def status(gw: Gateway) -> tuple[int, bytes, bytes]:
     )
 
 
-def metrics(gw: Gateway) -> tuple[int, bytes, bytes]:
-    return 200, PROMETHEUS, prometheus(gw.view(process=True).workers, __version__)
+def metrics(gw: Gateway, rest: bytes) -> Response:
+    return 200, PROMETHEUS, prometheus(gw.view(process=True).workers, __version__), ()
 
 
-def recent(gw: Gateway) -> tuple[int, bytes, bytes]:
+def recent(gw: Gateway, rest: bytes) -> Response:
     return _json(200, {"requests": gw.view(recent=True).recent})
 
 
-def stats(gw: Gateway) -> Response:
+def stats(gw: Gateway, rest: bytes) -> Response:
     """Per service over about the last minute: request rate, error rate (backend
     failures: 5xx, and the gateway's 502/503/504), upstream and gateway-added latency."""
     view = gw.view()
@@ -140,29 +144,29 @@ def stats(gw: Gateway) -> Response:
     return _json(200, {"window_s": window_s, "services": per_service})
 
 
-async def openapi(gw: Gateway) -> Response:
-    return 200, JSON, await gw.openapi.document()
+async def openapi(gw: Gateway, rest: bytes) -> Response:
+    return 200, JSON, await gw.openapi.document(), ()
 
 
-def dashboard(gw: Gateway) -> Response:
-    return 200, webui.HTML, webui.dashboard_page()
+def dashboard(gw: Gateway, rest: bytes) -> Response:
+    return 200, webui.HTML, webui.dashboard_page(), ()
 
 
-def docs_asset(rest: bytes) -> tuple[int, bytes, bytes, Extra]:
-    """``/api/gateway/docs`` (and ``/api/gateway/docs/``): Swagger UI's page; below it, its files."""
+def docs(gw: Gateway, rest: bytes) -> Response:
+    """``/api/gateway/docs``: Swagger UI's page."""
+    return docs_asset(gw, b"/")
+
+
+def docs_asset(gw: Gateway, rest: bytes) -> Response:
+    """Below ``/api/gateway/docs``: Swagger UI's page (``/``) and its files."""
     asset = webui.docs_page() if rest == b"/" else webui.docs_asset(rest[1:])
     if asset is None:
         raise NotFound("no such file under /api/gateway/docs")
     return 200, *asset
 
 
-_HANDLERS: dict[str, Callable[[Gateway], Response | Awaitable[Response]]] = {
-    "health": health,
-    "services": services,
-    "status": status,
-    "metrics": metrics,
-    "recent": recent,
-    "stats": stats,
-    "openapi": openapi,
-    "dashboard": dashboard,
+Handler = Callable[["Gateway", bytes], Response | Awaitable[Response]]
+# Endpoint name -> handler, from the table: every "admin.<function>" there.
+_HANDLERS: dict[str, Handler] = {
+    e.name: globals()[e.handler.removeprefix("admin.")] for e in ENDPOINTS if e.handler.startswith("admin.")
 }

@@ -2,7 +2,9 @@
 
 ``from_env(environ)`` returns a frozen ``Config`` or raises ``ConfigError``
 naming the variable, which the CLI turns into one line on stderr and exit
-code 2 (CONTRACT.md, Configuration). No asyncio here.
+code 2 (README.md, Configuration). Every variable, its default and what it
+means is one entry of ``SETTINGS``; README.md's table lists the same
+(``tests/test_config_table.py``). No asyncio here.
 """
 
 from __future__ import annotations
@@ -12,22 +14,20 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 from urllib.parse import urlsplit
+
+from gateway.cpus import usable_cpus as usable_cpus  # GATEWAY_WORKERS=auto; re-exported for its tests
+from gateway.endpoints import is_reserved
 
 RESERVED_NAMES = frozenset({"gateway"})
 _NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9_-]{0,62})\Z")
 _PREFIX_SEGMENT_RE = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%-]+\Z")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
-# uvicorn closes idle keep-alive connections after 5 s (its --timeout-keep-alive
-# default); expiring ours a second earlier means the backend's close almost never
-# races a request we send on a pooled connection.
-DEFAULT_POOL_IDLE_TIMEOUT_S = 4.0
-# Loopback and the private ranges (RFC 1918, RFC 4193): who may read the
-# operational endpoints (CONTRACT.md, Routing), nginx's allow/deny.
-DEFAULT_ADMIN_ALLOW = "127.0.0.0/8,::1,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"
+DEFAULT_OPENAPI_PATH = "/openapi.json"  # <NAME>_OPENAPI_PATH (SETTINGS)
 
 
 class ConfigError(ValueError):
@@ -62,7 +62,7 @@ class Route:
     connect_timeout_s: float
     upstream_timeout_s: float
     max_body_bytes: int  # 0: no limit
-    openapi_path: str = "/openapi.json"  # the backend's OpenAPI document, on its origin
+    openapi_path: str = DEFAULT_OPENAPI_PATH  # the backend's OpenAPI document, on its origin
     # Derived once, used on every request.
     prefix_bytes: bytes = field(init=False, repr=False, compare=False)
     host_header: bytes = field(init=False, repr=False, compare=False)  # for HTTP/1.0 clients without Host
@@ -74,38 +74,36 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    host: str = "0.0.0.0"
-    port: int = 8080
-    routes: tuple[Route, ...] = ()
-    connect_timeout_s: float = 5.0
-    upstream_timeout_s: float = 30.0
-    max_body_bytes: int = 10 * 1024 * 1024
-    max_header_bytes: int = 65536
-    max_header_count: int = 100
-    pool_max_connections: int = 100
-    pool_timeout_s: float = 5.0
-    pool_idle_timeout_s: float = DEFAULT_POOL_IDLE_TIMEOUT_S
-    client_header_timeout_s: float = 10.0
-    keepalive_timeout_s: float = 75.0
-    max_connections: int = 20000
-    drain_delay_s: float = 0.0
-    shutdown_timeout_s: float = 30.0
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
-        default_factory=lambda: _parse_cidrs("GATEWAY_TRUSTED_PROXIES", "127.0.0.1/8,::1")
-    )
-    request_buffer_bytes: int = 65536
-    client_body_timeout_s: float = 10.0
-    admin_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
-        default_factory=lambda: _parse_cidrs("GATEWAY_ADMIN_ALLOW", DEFAULT_ADMIN_ALLOW)
-    )
-    workers: int = 1
-    workers_reason: str = ""  # how `auto` chose ``workers`` (logged at start-up)
-    config_path: str | None = None
-    access_log: bool = True
-    log_level: str = "info"
-    recent_size: int = 100
-    server_timing: bool = False
-    rewrite_location: bool = False
+    """What ``from_env`` read; the defaults are in ``SETTINGS``, nowhere else."""
+
+    host: str
+    port: int
+    routes: tuple[Route, ...]
+    connect_timeout_s: float
+    upstream_timeout_s: float
+    max_body_bytes: int
+    max_header_bytes: int
+    max_header_count: int
+    pool_max_connections: int
+    pool_timeout_s: float
+    pool_idle_timeout_s: float
+    client_header_timeout_s: float
+    keepalive_timeout_s: float
+    max_connections: int
+    drain_delay_s: float
+    shutdown_timeout_s: float
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    request_buffer_bytes: int
+    client_body_timeout_s: float
+    admin_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    workers: int
+    workers_reason: str  # how `auto` chose ``workers`` (logged at start-up)
+    config_path: str | None
+    access_log: bool
+    log_level: str
+    recent_size: int
+    server_timing: bool
+    rewrite_location: bool
 
 
 def _number(env: Mapping[str, str], name: str, default: float, *, positive: bool = False) -> float:
@@ -204,65 +202,136 @@ def parse_upstream(name: str, raw: str, *, allow_path: bool) -> Upstream:
     )
 
 
-def usable_cpus(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup",
-                affinity: int | None = None) -> tuple[int, str]:
-    """CPUs this process may use, and why: its affinity (``sched_getaffinity``),
-    capped by the cgroup CPU quota when one is set (v2 ``cpu.max``, v1
-    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``) on its own cgroup or an
-    ancestor, rounded up, at least 1. The paths are parameters for tests."""
-    if affinity is None:
-        affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    count, reason = max(affinity, 1), f"cpu affinity: {affinity} cpus"
-    quota = _cgroup_quota(cgroup_root, proc_cgroup)
-    if quota is not None and math.ceil(quota) < count:
-        count, reason = max(math.ceil(quota), 1), f"cgroup cpu quota: {quota:g} cpus (affinity {affinity})"
-    return count, reason
+# ------------------------------------------------------------ the variables
+#
+# Each reader gets (environment, variable, default) and returns the value, or
+# raises ConfigError naming the variable. A blank value is the default, except
+# for the lists (an empty GATEWAY_ADMIN_ALLOW allows nobody).
+
+Reader = Callable[[Mapping[str, str], str, str], Any]
 
 
-def _cgroup_quota(root: str, proc_cgroup: str) -> float | None:
-    """The smallest CPU quota (in CPUs) on this process' cgroup and its ancestors, or None."""
-    try:
-        with open(proc_cgroup) as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    quotas = []
-    for line in lines:
-        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
-        if controllers == "":  # v2: "0::/path"
-            dirs, files = [root], ("cpu.max",)
-        elif "cpu" in controllers.split(","):  # v1: "4:cpu,cpuacct:/path"
-            dirs = [os.path.join(root, controllers), os.path.join(root, "cpu"), os.path.join(root, "cpu,cpuacct")]
-            files = ("cpu.cfs_quota_us", "cpu.cfs_period_us")
-        else:
-            continue
-        parts = [p for p in path.split("/") if p]
-        for base in dict.fromkeys(dirs):
-            for depth in range(len(parts), -1, -1):  # own cgroup, then each ancestor
-                quota = _read_quota(os.path.join(base, *parts[:depth]), files)
-                if quota is not None:
-                    quotas.append(quota)
-    return min(quotas) if quotas else None
+def _seconds(*, positive: bool = False) -> Reader:
+    return lambda env, var, default: _number(env, var, float(default), positive=positive)
 
 
-def _read_quota(directory: str, files: tuple[str, ...]) -> float | None:
-    try:
-        texts = []
-        for name in files:
-            with open(os.path.join(directory, name)) as f:
-                texts.append(f.read().split())
-    except OSError:
-        return None
-    try:
-        if len(files) == 1:  # v2 cpu.max: "max 100000" or "150000 100000"
-            quota_s, period_s = (texts[0] + ["100000"])[:2]
-        else:
-            quota_s, period_s = texts[0][0], texts[1][0]
-        if quota_s == "max" or int(quota_s) <= 0 or int(period_s) <= 0:
-            return None
-        return int(quota_s) / int(period_s)
-    except (ValueError, IndexError):
-        return None
+def _count(*, minimum: int = 0) -> Reader:
+    return lambda env, var, default: _integer(env, var, int(default), minimum=minimum)
+
+
+def _on_off(env: Mapping[str, str], var: str, default: str) -> bool:
+    return _flag(env, var, default == "on")
+
+
+def _cidrs(env: Mapping[str, str], var: str, default: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return _parse_cidrs(var, env.get(var, default))
+
+
+def _text(env: Mapping[str, str], var: str, default: str) -> str:
+    return env.get(var, default).strip() or default
+
+
+def _port(env: Mapping[str, str], var: str, default: str) -> int:
+    port = _integer(env, var, int(default))
+    if port > 65535:
+        raise ConfigError(f"{var}={env[var]!r}: must be at most 65535")
+    return port
+
+
+def _log_level(env: Mapping[str, str], var: str, default: str) -> str:
+    level = env.get(var, default).strip().lower() or default
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{var}={level!r}: expected one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def _workers(env: Mapping[str, str], var: str, default: str) -> tuple[int, str]:
+    """(workers, how they were chosen): ``auto`` is the CPUs this process may use."""
+    if (env.get(var, default).strip() or default) == "auto":
+        return usable_cpus()
+    return _integer(env, var, int(default), minimum=1), var
+
+
+def _names(env: Mapping[str, str], var: str, default: str) -> list[str]:
+    return [n.strip() for n in env.get(var, default).split(",")]
+
+
+def _path(env: Mapping[str, str], var: str, default: str) -> str | None:
+    return env.get(var) or None
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    var: str  # ``<NAME>`` stands for each service's name, upper-cased, ``-`` as ``_``
+    default: str | None  # as the environment spells it; None: unset
+    meaning: str  # README.md's configuration table says the same
+    read: Reader | None = None  # None: from_env reads it per service
+    attr: str | None = None  # the Config field it fills; None: from_env uses it to build the routes
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("GATEWAY_HOST", "0.0.0.0", "listen address", _text, "host"),
+    Setting("GATEWAY_PORT", "8080", "listen port", _port, "port"),
+    Setting("GATEWAY_SERVICES", "service1,service2", "comma-separated backend names", _names),
+    Setting("<NAME>_URL", "http://<name>:8000", "origin of backend <name>"),
+    Setting("GATEWAY_CONNECT_TIMEOUT", "5", "seconds to open an upstream connection (then 504)",
+            _seconds(positive=True), "connect_timeout_s"),
+    Setting("GATEWAY_UPSTREAM_TIMEOUT", "30",
+            "seconds to wait for the response head, and for each body read (then 504)",
+            _seconds(positive=True), "upstream_timeout_s"),
+    Setting("GATEWAY_MAX_BODY_BYTES", "10485760", "largest request body (0: no limit; over it: 413)",
+            _count(), "max_body_bytes"),
+    Setting("GATEWAY_MAX_HEADER_BYTES", "65536", "largest request head (over it: 431)",
+            _count(minimum=1024), "max_header_bytes"),
+    Setting("GATEWAY_POOL_MAX_CONNECTIONS", "100", "upstream connections per backend, busy + idle",
+            _count(minimum=1), "pool_max_connections"),
+    Setting("GATEWAY_POOL_TIMEOUT", "5", "seconds a request waits for a pooled connection (then 503)",
+            _seconds(), "pool_timeout_s"),
+    # uvicorn closes idle keep-alive connections after 5 s (its --timeout-keep-alive
+    # default); expiring ours a second earlier means the backend's close almost
+    # never races a request we send on a pooled connection.
+    Setting("GATEWAY_POOL_IDLE_TIMEOUT", "4", "seconds an idle upstream connection is kept",
+            _seconds(), "pool_idle_timeout_s"),
+    Setting("GATEWAY_CLIENT_HEADER_TIMEOUT", "10", "seconds for a client to send a whole request head (then 408)",
+            _seconds(positive=True), "client_header_timeout_s"),
+    Setting("GATEWAY_KEEPALIVE_TIMEOUT", "75", "seconds an idle client connection is kept",
+            _seconds(), "keepalive_timeout_s"),
+    Setting("GATEWAY_MAX_CONNECTIONS", "20000", "open client connections; past it a new one is closed at once",
+            _count(minimum=1), "max_connections"),
+    Setting("GATEWAY_DRAIN_DELAY", "0", "seconds after SIGTERM during which the gateway still accepts",
+            _seconds(), "drain_delay_s"),
+    Setting("GATEWAY_SHUTDOWN_TIMEOUT", "30", "grace period for in-flight requests after the listener closes",
+            _seconds(), "shutdown_timeout_s"),
+    Setting("GATEWAY_TRUSTED_PROXIES", "127.0.0.1/8,::1", "CIDRs whose X-Forwarded-* headers are trusted",
+            _cidrs, "trusted_proxies"),
+    Setting("GATEWAY_REQUEST_BUFFER_BYTES", "65536", "request body bytes read before a backend connection is taken",
+            _count(), "request_buffer_bytes"),
+    Setting("GATEWAY_CLIENT_BODY_TIMEOUT", "10", "longest pause between two reads of a request body (then 408)",
+            _seconds(positive=True), "client_body_timeout_s"),
+    # Loopback and the private ranges (RFC 1918, RFC 4193): who may read the
+    # operational endpoints (docs/hardening.md), nginx's allow/deny.
+    Setting("GATEWAY_ADMIN_ALLOW", "127.0.0.0/8,::1,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7",
+            "CIDRs of the clients that may use the operational endpoints (others: 403)", _cidrs, "admin_allow"),
+    Setting("GATEWAY_MAX_HEADER_COUNT", "100", "most header fields in a request (over it: 431)",
+            _count(minimum=1), "max_header_count"),
+    Setting("GATEWAY_WORKERS", "1", "worker processes sharing the port (auto: one per usable CPU)",
+            _workers, "workers"),
+    Setting("GATEWAY_CONFIG", None, "optional TOML routes file", _path),
+    Setting("GATEWAY_RECENT_SIZE", "100", "requests kept for /api/gateway/recent", _count(), "recent_size"),
+    Setting("GATEWAY_SERVER_TIMING", "off", "on adds Server-Timing to forwarded responses", _on_off, "server_timing"),
+    Setting("GATEWAY_REWRITE_LOCATION", "off", "on keeps the /api/<name> prefix on backend redirects",
+            _on_off, "rewrite_location"),
+    Setting("<NAME>_OPENAPI_PATH", DEFAULT_OPENAPI_PATH, "where backend <name> serves its OpenAPI document"),
+    Setting("GATEWAY_ACCESS_LOG", "on", "off silences the per-request lines", _on_off, "access_log"),
+    Setting("GATEWAY_LOG_LEVEL", "info", "debug, info, warning, error", _log_level, "log_level"),
+)
+_SETTING: dict[str, Setting] = {s.var: s for s in SETTINGS}
+
+
+def _read(env: Mapping[str, str], var: str) -> Any:
+    setting = _SETTING[var]
+    assert setting.read is not None
+    return setting.read(env, var, setting.default or "")
 
 
 def env_var_for(service: str) -> str:
@@ -271,25 +340,15 @@ def env_var_for(service: str) -> str:
 
 def from_env(environ: Mapping[str, str] | None = None) -> Config:
     env = os.environ if environ is None else environ
-    port = _integer(env, "GATEWAY_PORT", 8080)
-    if port > 65535:
-        raise ConfigError(f"GATEWAY_PORT={env['GATEWAY_PORT']!r}: must be at most 65535")
-    log_level = env.get("GATEWAY_LOG_LEVEL", "info").strip().lower() or "info"
-    if log_level not in LOG_LEVELS:
-        raise ConfigError(f"GATEWAY_LOG_LEVEL={log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
-    workers_raw = env.get("GATEWAY_WORKERS", "1").strip() or "1"
-    if workers_raw == "auto":
-        workers, workers_reason = usable_cpus()
-    else:
-        workers = _integer(env, "GATEWAY_WORKERS", 1, minimum=1)
-        workers_reason = "GATEWAY_WORKERS"
-
-    connect_timeout_s = _number(env, "GATEWAY_CONNECT_TIMEOUT", 5.0, positive=True)
-    upstream_timeout_s = _number(env, "GATEWAY_UPSTREAM_TIMEOUT", 30.0, positive=True)
-    max_body_bytes = _integer(env, "GATEWAY_MAX_BODY_BYTES", 10 * 1024 * 1024)
+    values = {s.attr: _read(env, s.var) for s in SETTINGS if s.attr is not None}
+    workers, workers_reason = values.pop("workers")
+    connect_timeout_s = values["connect_timeout_s"]
+    upstream_timeout_s = values["upstream_timeout_s"]
+    max_body_bytes = values["max_body_bytes"]
 
     routes: list[Route] = []
-    names = [n.strip() for n in env.get("GATEWAY_SERVICES", "service1,service2").split(",")]
+    names = _read(env, "GATEWAY_SERVICES")
+    default_url = _SETTING["<NAME>_URL"].default or ""
     seen: set[str] = set()
     seen_vars: dict[str, str] = {}
     for service in names:
@@ -309,7 +368,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> Config:
         if var in seen_vars:
             raise ConfigError(f"GATEWAY_SERVICES: {seen_vars[var]!r} and {service!r} would both read {var}")
         seen_vars[var] = service
-        upstream = parse_upstream(var, env.get(var, f"http://{service}:8000"), allow_path=False)
+        upstream = parse_upstream(var, env.get(var, default_url.replace("<name>", service)), allow_path=False)
         routes.append(
             Route(
                 name=service,
@@ -322,7 +381,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> Config:
             )
         )
 
-    config_path = env.get("GATEWAY_CONFIG") or None
+    config_path = _read(env, "GATEWAY_CONFIG")
     if config_path:
         routes = merge_routes(
             routes,
@@ -330,38 +389,8 @@ def from_env(environ: Mapping[str, str] | None = None) -> Config:
         )
 
     routes = [_with_openapi_path(env, route) for route in routes]
-
     return Config(
-        host=env.get("GATEWAY_HOST", "0.0.0.0").strip() or "0.0.0.0",
-        port=port,
-        routes=tuple(routes),
-        connect_timeout_s=connect_timeout_s,
-        upstream_timeout_s=upstream_timeout_s,
-        max_body_bytes=max_body_bytes,
-        max_header_bytes=_integer(env, "GATEWAY_MAX_HEADER_BYTES", 65536, minimum=1024),
-        max_header_count=_integer(env, "GATEWAY_MAX_HEADER_COUNT", 100, minimum=1),
-        pool_max_connections=_integer(env, "GATEWAY_POOL_MAX_CONNECTIONS", 100, minimum=1),
-        pool_timeout_s=_number(env, "GATEWAY_POOL_TIMEOUT", 5.0),
-        pool_idle_timeout_s=_number(env, "GATEWAY_POOL_IDLE_TIMEOUT", DEFAULT_POOL_IDLE_TIMEOUT_S),
-        client_header_timeout_s=_number(env, "GATEWAY_CLIENT_HEADER_TIMEOUT", 10.0, positive=True),
-        keepalive_timeout_s=_number(env, "GATEWAY_KEEPALIVE_TIMEOUT", 75.0),
-        max_connections=_integer(env, "GATEWAY_MAX_CONNECTIONS", 20000, minimum=1),
-        drain_delay_s=_number(env, "GATEWAY_DRAIN_DELAY", 0.0),
-        shutdown_timeout_s=_number(env, "GATEWAY_SHUTDOWN_TIMEOUT", 30.0),
-        trusted_proxies=_parse_cidrs(
-            "GATEWAY_TRUSTED_PROXIES", env.get("GATEWAY_TRUSTED_PROXIES", "127.0.0.1/8,::1")
-        ),
-        request_buffer_bytes=_integer(env, "GATEWAY_REQUEST_BUFFER_BYTES", 65536),
-        client_body_timeout_s=_number(env, "GATEWAY_CLIENT_BODY_TIMEOUT", 10.0, positive=True),
-        admin_allow=_parse_cidrs("GATEWAY_ADMIN_ALLOW", env.get("GATEWAY_ADMIN_ALLOW", DEFAULT_ADMIN_ALLOW)),
-        workers=workers,
-        workers_reason=workers_reason,
-        config_path=config_path,
-        access_log=_flag(env, "GATEWAY_ACCESS_LOG", True),
-        log_level=log_level,
-        recent_size=_integer(env, "GATEWAY_RECENT_SIZE", 100),
-        server_timing=_flag(env, "GATEWAY_SERVER_TIMING", False),
-        rewrite_location=_flag(env, "GATEWAY_REWRITE_LOCATION", False),
+        **values, routes=tuple(routes), workers=workers, workers_reason=workers_reason, config_path=config_path
     )
 
 
@@ -431,7 +460,7 @@ def load_routes_file(
         segments = prefix.split("/")[1:]
         if not all(_PREFIX_SEGMENT_RE.match(s) for s in segments):
             raise ConfigError(f"{where}: 'prefix' {prefix!r} has an empty or invalid segment")
-        if segments[0] == "health" or segments[:2] == ["api", "gateway"]:
+        if is_reserved(prefix):
             raise ConfigError(f"{where}: 'prefix' {prefix!r} is reserved for the gateway's own endpoints")
         if prefix in seen:
             raise ConfigError(f"{where}: 'prefix' {prefix!r} is declared twice")

@@ -1,10 +1,10 @@
 """The gateway's own error responses: one exception tree, one JSON shape.
 
 Every response the gateway makes itself is
-``{"error": code, "message": text, "status": int, "request_id": id}``
-(CONTRACT.md, Errors). Exceptions carry ``status`` and ``code`` the way h11's
-``RemoteProtocolError`` carries ``error_status_hint``; the table below *is*
-the contract's table. No asyncio here.
+``{"error": code, "message": text, "status": int, "request_id": id}``.
+Exceptions carry ``status`` and ``code`` the way h11's ``RemoteProtocolError``
+carries ``error_status_hint``; the classes below are the Errors table of
+docs/forwarding.md. No asyncio here.
 """
 
 from __future__ import annotations

@@ -205,7 +205,7 @@ def upstream_request_headers(
                     fwd_host = value
             continue
         if name == b"expect":
-            continue  # answered by the gateway (CONTRACT.md, Forwarding)
+            continue  # answered by the gateway (RFC 9110 10.1.1; docs/forwarding.md)
         if name == b"traceparent" and traceparent is not None:
             if value != traceparent or kept_traceparent:
                 continue  # invalid or repeated: replaced by the one we send

@@ -60,7 +60,7 @@ class Histogram:
 
 @dataclass(slots=True)
 class ServiceState:
-    """Passive backend state from real traffic only (CONTRACT.md, Routing)."""
+    """Passive backend state from real traffic only (docs/operations.md, Status)."""
 
     last_success: float | None = None
     last_error: dict[str, Any] | None = None

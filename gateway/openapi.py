@@ -4,7 +4,7 @@ Each backend's own document (``<origin>/openapi.json``, or
 ``<NAME>_OPENAPI_PATH``) is fetched with a plain HTTP/1.1 GET (h11 CLIENT over
 asyncio streams, ``FETCH_TIMEOUT_S``), off the request path: a refresher task
 rebuilds the merged document every ``REFRESH_S`` while it is in demand, so
-what is served is never older than ``TTL_S`` (CONTRACT.md, Extras). Only the
+what is served is never older than ``TTL_S`` (docs/extras.md). Only the
 very first request (or the first after ``IDLE_S`` without one) waits for a
 refresh, bounded by the fetch timeout.
 
@@ -32,7 +32,7 @@ from gateway.openapi_merge import FetchError, merge
 __all__ = ["FetchError", "OpenAPICache", "fetch_document", "merge"]
 
 FETCH_TIMEOUT_S = 2.0  # per backend document: connect, request, whole response
-TTL_S = 30.0  # the served document is at most this old (CONTRACT.md)
+TTL_S = 30.0  # the served document is at most this old (docs/extras.md)
 REFRESH_S = 25.0  # refresh period while wanted: REFRESH_S + FETCH_TIMEOUT_S < TTL_S
 IDLE_S = 300.0  # no request for this long: stop refreshing until the next one
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024

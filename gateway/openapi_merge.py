@@ -29,6 +29,7 @@ from urllib.parse import urljoin, urlsplit
 
 from gateway import __version__
 from gateway.config import Route
+from gateway.endpoints import ENDPOINTS
 
 COMPONENT_KINDS = (
     "schemas", "responses", "parameters", "examples", "requestBodies", "headers",
@@ -265,27 +266,19 @@ class _Service:
         return {self.ns(name): self.walk(item) for name, item in hooks.items()}
 
 
-_GATEWAY_PATHS = {
-    "/health": "Gateway health: 200 when serving, 503 when starting or draining; never probes backends",
-    "/api/gateway/status": "Gateway status, connections, requests per service",
-    "/api/gateway/services": "Routes and passive backend state from real traffic",
-    "/api/gateway/stats": "Per-service request rate, error rate and latency over the last minute",
-    "/api/gateway/recent": "The last requests, newest first",
-    "/api/gateway/metrics": "Prometheus metrics",
-    "/api/gateway/openapi.json": "This document",
-}
-
-
 def _gateway_paths() -> dict[str, Any]:
+    """The gateway's own endpoints that have a media type in ``endpoints.ENDPOINTS`` (not the pages)."""
     out = {}
-    for path, summary in _GATEWAY_PATHS.items():
-        ctype = "text/plain" if path.endswith("metrics") else "application/json"
+    for endpoint in ENDPOINTS:
+        ctype = endpoint.openapi
+        if ctype is None:
+            continue
         responses: dict[str, Any] = {"200": {"description": "OK", "content": {ctype: {"schema": {}}}}}
-        if path == "/health":
+        if endpoint.name == "health":
             responses["503"] = {"description": "Starting or draining", "content": {ctype: {"schema": {}}}}
-        out[path] = {"get": {"tags": ["gateway"], "summary": summary,
-                             "operationId": "gateway." + (path.rsplit("/", 1)[1] or "health"),
-                             "responses": responses}}
+        out[endpoint.path] = {"get": {"tags": ["gateway"], "summary": endpoint.summary,
+                                      "operationId": "gateway." + endpoint.path.rsplit("/", 1)[1],
+                                      "responses": responses}}
     return out
 
 

@@ -1,6 +1,6 @@
 """The gateway's web pages: the dashboard (``/api/gateway/``) and the API docs
 (``/api/gateway/docs``). Every byte comes from ``gateway/static`` in this
-package, never from another host (CONTRACT.md, Extras), and nothing is built.
+package, never from another host (docs/extras.md), and nothing is built.
 
 - ``dashboard.html``: one self-contained page (inline script and style) that
   polls the JSON endpoints.
