@@ -37,8 +37,18 @@ from benchmarks.procfs import background_load
 from benchmarks.pyspy import profile
 from benchmarks.report import machine, markdown, versions
 from benchmarks.scaling import scaling
-from benchmarks.targets import (BENCH, HOST, ROOT, TARGETS, Server, available_targets, free_port, http_status, spawn,
-                                start_target)
+from benchmarks.targets import (
+    BENCH,
+    HOST,
+    ROOT,
+    TARGETS,
+    Server,
+    available_targets,
+    free_port,
+    http_status,
+    spawn,
+    start_target,
+)
 
 RESULTS = BENCH / "results"
 
@@ -118,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     table_order = list(scenarios)
     scenarios.sort(key=lambda s: s.concurrency >= STRESS_CONCURRENCY)  # stable: the stress row goes last
     cpus = sorted(os.sched_getaffinity(0))
+    proxy_cpu: int | None
+    load_cpu: int | None
     if len(cpus) >= 2:
         proxy_cpu, load_cpu = cpus[0], cpus[1]
         pinning = (f"pinned: the proxy under test on CPU {proxy_cpu}; wrk, the backend and this script on "
@@ -215,13 +227,14 @@ def main(argv: list[str] | None = None) -> int:
                     server.stop()
                     started.remove(server)
         finally:
-            for s in started:
-                s.stop()
+            for running in started:
+                running.stop()
 
     # The floor is the lower of the two measurements (before the rows, after the gateway's).
     floor = min(floor_runs, key=lambda f: f["floor_us"])
     if len(floor_runs) > 1:
-        print(f"h11 floor after the gateway's rows: {floor_runs[1]['floor_us']:.1f} us; using {floor['floor_us']:.1f} us")
+        after = floor_runs[1]["floor_us"]
+        print(f"h11 floor after the gateway's rows: {after:.1f} us; using {floor['floor_us']:.1f} us")
     # Derived columns: added latency vs direct, multiple of the h11 floor.
     direct_rows = {(r.scenario, r.concurrency): r for r in rows if r.target == "direct"}
     for r in rows:

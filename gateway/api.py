@@ -29,7 +29,7 @@ class Match:
 
 
 class _Node:
-    __slots__ = ("children", "prefix", "exact")
+    __slots__ = ("children", "exact", "prefix")
 
     def __init__(self) -> None:
         self.children: dict[bytes, _Node] = {}
