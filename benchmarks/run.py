@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                 backend.wait_ready("/api/small")
                 direct = backend
             else:
-                direct = Server("direct", None, upstream_port, tmp / "none", "/api/", host=upstream_host)  # type: ignore[arg-type]
+                # Not started by us: no process (stop() and the CPU figures skip a None proc).
+                direct = Server("direct", None, upstream_port, tmp / "none", "/api/", host=upstream_host)  # type: ignore[arg-type]  # proc is None
                 if http_status(upstream_port, args.path, upstream_host) != 200:
                     print(f"benchmark: {args.upstream}{args.path} does not answer 200", file=sys.stderr)
                     return 1
@@ -275,15 +276,16 @@ def main(argv: list[str] | None = None) -> int:
     json_path.write_text(json.dumps(report, indent=1) + "\n")
     md = markdown(report)
     md_path.write_text(md)
+    chart_path: Path | None = png_path
     try:
         chart(report, png_path)
     except ImportError:
         print("benchmark: matplotlib not installed (uv sync --group bench): no chart", file=sys.stderr)
-        png_path = None  # type: ignore[assignment]
+        chart_path = None
     print()
     print(md)
     print(f"results: {json_path.relative_to(ROOT)}, {md_path.relative_to(ROOT)}"
-          + (f", {png_path.relative_to(ROOT)}" if png_path else ""))
+          + (f", {chart_path.relative_to(ROOT)}" if chart_path else ""))
     return 0
 
 
