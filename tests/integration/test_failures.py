@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.backends import backend, blackhole, close_at_once, free_port, garbage, hang, raw_server
-from tests.integration.helpers import error_json, get_json, read_until_closed, request
+from tests.integration.helpers import error_json, get_json, read_until_closed, request, wait_for
 
 
 # --- helpers -----------------------------------------------------------------
@@ -305,8 +305,13 @@ def test_reused_connection_closed_on_post_is_not_resent(gateway_factory):
         assert request(gw.port, "GET", "/api/service1/a")[0] == 200
         result = request(gw.port, "POST", "/api/service1/pay", body=b'{"amount": 1}')
         assert_error(result, 502, "bad_gateway")
-        time.sleep(0.2)  # a (wrong) resend would have arrived by now
-        assert [line for _, line in log].count(b"POST /api/pay HTTP/1.1") == 1, log
+        # A sentinel ordered after any (wrong) resend: the next request to the same backend.
+        # A resend goes out before the 502 is answered, so it would have arrived first.
+        assert request(gw.port, "GET", "/api/service1/after")[0] == 200
+        assert wait_for(lambda: b"GET /api/after HTTP/1.1" in [line for _, line in log]), log
+        lines = [line for _, line in log]
+        assert lines.count(b"POST /api/pay HTTP/1.1") == 1, log
+        assert lines.index(b"POST /api/pay HTTP/1.1") < lines.index(b"GET /api/after HTTP/1.1"), log
         wait_pool_settled(gw)
 
 
