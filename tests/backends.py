@@ -293,7 +293,7 @@ def blackhole() -> Iterator[int]:
 
 
 def free_port() -> int:
-    """A port nothing listens on (connection refused)."""
+    """A loopback port nothing listens on (connection refused) - the one copy for all tests."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]

@@ -1,4 +1,4 @@
-"""Router properties (CONTRACT.md, Routing): whole segments, longest prefix, bytes untouched.
+"""Router properties (docs/forwarding.md, Routing and forwarding): whole segments, longest prefix, bytes untouched.
 
 In the style of h2's ``test_invalid_headers.py``: hypothesis generates raw
 request-targets and every property is checked against a small model of the

@@ -1,4 +1,4 @@
-"""Configuration (CONTRACT.md, Configuration): defaults, validation, routes file, exit code 2.
+"""Configuration (README.md, Configuration): defaults, validation, routes file, exit code 2.
 
 ``from_env`` is fed explicit mappings, never the test process's environment;
 the CLI is run as a real subprocess the way an operator starts it.
@@ -46,7 +46,7 @@ def route(config: Config, prefix: str) -> Route:
 
 
 def test_defaults_match_the_contract_table() -> None:
-    """Every variable's default is the one in CONTRACT.md's Configuration table."""
+    """Every variable's default is the one in README.md's Configuration table."""
     c = from_env({})
     assert c.host == "0.0.0.0"
     assert c.port == 8080

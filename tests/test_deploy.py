@@ -1,4 +1,4 @@
-"""The deploy files (issue 6: FR-010, FR-012, SC-006), checked without a container engine.
+"""The deploy files (issue 6; docs/deploy.md), checked without a container engine.
 
 This machine has no Docker engine and cannot pull base images, so nothing here
 builds or runs an image. Instead:
@@ -51,6 +51,7 @@ import pytest
 import yaml
 
 from gateway.config import from_env
+from tests.backends import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S_DIR = ROOT / "deploy" / "kubernetes"
@@ -108,12 +109,6 @@ def _installed(venv: Path) -> set[str]:
         _dist_name(p.name[: -len(".dist-info")].split("-")[0])
         for p in venv.glob("lib/python*/site-packages/*.dist-info")
     }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _http(port: int, method: str, target: str, body: bytes | None = None, headers: dict[str, str] | None = None):
@@ -684,7 +679,7 @@ def test_compose_stack_runs_from_the_built_images(
     cwd = examples_image.host_path(examples_image.workdir)
     # Both backends with their compose commands, in parallel.
     for name in BACKENDS:
-        port = backend_ports[name] = _free_port()
+        port = backend_ports[name] = free_port()
         procs.append(_start(name, _with_port(services[name]["command"], port), cwd, env, tmp_path))
     # depends_on: condition: service_healthy -- the backends' own compose health checks.
     for proc in procs:
@@ -698,7 +693,7 @@ def test_compose_stack_runs_from_the_built_images(
         url = urlsplit(gw_env[f"{name.upper()}_URL"])
         assert (url.hostname, url.port) == (name, 8000)
         gw_env[f"{name.upper()}_URL"] = f"http://127.0.0.1:{backend_ports[name]}"
-    port = _free_port()
+    port = free_port()
     gw_env |= {"GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), "GATEWAY_DRAIN_DELAY": "1"}
     env = gateway_image.host_env(**gw_env)
     cwd = gateway_image.host_path(gateway_image.workdir)  # holds only the venv: no source tree to lean on
@@ -740,7 +735,7 @@ def test_kubernetes_pod_environment_runs_from_the_image(
     pod_env = _gateway_env(manifests)
     config = from_env(pod_env)
     grace = manifests["Deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    port = _free_port()
+    port = free_port()
     # Loopback instead of the pod IP, and a shorter drain delay to keep the test fast.
     env = gateway_image.host_env(
         **(pod_env | {"GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), "GATEWAY_DRAIN_DELAY": "0.5"})

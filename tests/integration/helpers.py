@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.backends import free_port
+
 
 def request(
     port: int,
@@ -319,9 +321,7 @@ def gateway_subprocess(soft_nofile: int | None = None, **env: str) -> Iterator[G
     log must hold no error-level line and stderr no traceback. ``soft_nofile``: start
     it with that open-file soft limit."""
     root = Path(__file__).resolve().parents[2]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     full_env = {
         **os.environ,
         "GATEWAY_HOST": "127.0.0.1",

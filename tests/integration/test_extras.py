@@ -1,4 +1,4 @@
-"""Extras (CONTRACT.md, Extras): the merged OpenAPI document, the dashboard and
+"""Extras (docs/extras.md): the merged OpenAPI document, the dashboard and
 the stats behind it, against real backends over loopback (the docs page, Swagger
 UI: test_swagger_ui.py).
 

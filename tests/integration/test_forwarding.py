@@ -1,4 +1,4 @@
-"""Forwarding over loopback: CONTRACT.md "Forwarding" (and its "Errors"/"Logs" rows).
+"""Forwarding over loopback: docs/forwarding.md (routing and forwarding, errors, logs).
 
 A real gateway in front of real stdlib backends (``tests/backends.py``), and
 raw-socket clients wherever the exact bytes on the wire matter (header case
@@ -725,7 +725,7 @@ def test_pipelined_requests_answered_in_order(gateway_factory):
 
 
 def test_100_concurrent_requests_each_get_their_own_response(gateway_factory):
-    """SC-004 / Forwarding: 100 concurrent requests, each tagged, each answered with its own response."""
+    """Forwarding under concurrency: 100 concurrent requests, each tagged, each answered with its own response."""
     n = 100
     with backend() as be:
         be.server.socket.listen(512)  # the stdlib default backlog of 5 would only add SYN retries

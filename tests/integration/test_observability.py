@@ -38,8 +38,8 @@ from tests.backends import Backend, backend, free_port
 from tests.integration.helpers import error_json, get_json, request
 from tests.integration.test_process import ROOT, gateway_process
 
-# CONTRACT.md, Logs. ``trace_id`` is allowed on top: CONTRACT.md, Extras
-# ("The access log and recent carry trace_id").
+# docs/forwarding.md, Logs. ``trace_id`` is allowed on top (docs/operations.md, tracing:
+# the access log and recent carry trace_id).
 LOG_KEYS = frozenset(
     {"ts", "request_id", "client", "method", "path", "service", "upstream", "status",
      "bytes_in", "bytes_out", "duration_ms", "upstream_ms", "error"}
@@ -264,7 +264,7 @@ def histogram(expo: Exposition, metric: str, service: str) -> tuple[list[tuple[f
 
 
 def test_status_numbers_are_exact_after_a_scripted_sequence(gateway_factory):
-    """Issue 4 / CONTRACT.md Routing: /api/gateway/status gives version, uptime, worker, connections open,
+    """Issue 4 / docs/operations.md: /api/gateway/status gives version, uptime, worker, connections open,
     requests in flight and served, per-service requests and errors, pool idle/busy/waiting — true numbers.
 
     Errors per service = backend 5xx passed through + 502/503/504 the gateway made (module docstring);
@@ -352,7 +352,7 @@ def test_in_flight_busy_and_waiting_while_requests_are_slow(gateway_factory):
 
 
 def test_metrics_are_valid_prometheus_text_with_exact_numbers(gateway_factory):
-    """Issue 4 / CONTRACT.md Routing, Workers: /api/gateway/metrics is Prometheus text (0.0.4): request counter
+    """Issue 4 / docs/operations.md, docs/workers.md: /api/gateway/metrics is Prometheus text (0.0.4): request counter
     by service, method and exact status code; latency histograms (total and upstream) per service; open
     connections; pool idle/busy per service; bytes in/out — exact after the script; every sample says
     which worker answered."""
@@ -444,7 +444,7 @@ def services_state(port: int) -> dict[str, dict[str, Any]]:
 
 
 def test_services_state_tracks_failures_and_resets_after_success(gateway_factory):
-    """CONTRACT.md Routing: /api/gateway/services state from real traffic only: last_success (RFC 3339 or
+    """docs/operations.md: /api/gateway/services state from real traffic only: last_success (RFC 3339 or
     null), last_error {ts, error, status} and consecutive_failures after failures (backend 500, refused
     502), reset to 0 by a success; pool {idle, busy}."""
     with backend() as be:
@@ -492,7 +492,7 @@ def test_services_state_tracks_failures_and_resets_after_success(gateway_factory
 
 
 def test_recent_is_newest_first_bounded_and_has_access_log_keys(gateway_factory):
-    """CONTRACT.md Extras: /api/gateway/recent is {"requests": [...]}, newest first, at most
+    """docs/operations.md: /api/gateway/recent is {"requests": [...]}, newest first, at most
     GATEWAY_RECENT_SIZE entries, with the access log's keys (each equal to that request's log line)."""
     with backend() as be:
         gw = gateway_factory(SERVICE1_URL=be.url, GATEWAY_RECENT_SIZE="5")
@@ -514,7 +514,7 @@ def test_recent_is_newest_first_bounded_and_has_access_log_keys(gateway_factory)
 
 
 def test_access_log_lines_are_exact_for_the_scripted_sequence(gateway_factory):
-    """CONTRACT.md Logs: one JSON line per request with exactly ts (RFC 3339, Z), request_id (= the response's
+    """docs/forwarding.md, Logs: one JSON line per request with exactly ts (RFC 3339, Z), request_id (= the response's
     X-Request-ID = what the backend got), client, method, path, service (null when not routed), upstream
     (URL or null), status, bytes_in, bytes_out, duration_ms >= upstream_ms, upstream_ms (null when not
     forwarded), error (code or null)."""
@@ -559,7 +559,7 @@ def test_access_log_lines_are_exact_for_the_scripted_sequence(gateway_factory):
 
 
 def test_started_and_upstream_error_event_lines(gateway_factory):
-    """CONTRACT.md Logs: other lines (start-up, upstream connection errors) are JSON with ts, level, event;
+    """docs/forwarding.md, Logs: other lines (start-up, upstream connection errors) are JSON with ts, level, event;
     the start-up line lists the routes and settings (issue 4); one line per upstream connection error,
     none for a backend's own 5xx."""
     with scripted(gateway_factory) as sc:
@@ -606,7 +606,7 @@ def test_traceparent_and_tracestate_reach_the_backend_unchanged(gateway_factory)
 
 
 def test_health_reports_status_version_uptime_and_worker(gateway_factory):
-    """CONTRACT.md Health / issue 4: GET /health is 200 JSON {"status": "ok", ...} with version, uptime and
+    """Health (README.md, Operate) / issue 4: GET /health is 200 JSON {"status": "ok", ...} with version, uptime and
     worker id."""
     gw = gateway_factory()
     status, headers, body = request(gw.port, "GET", "/health")
@@ -634,7 +634,7 @@ def stdout_records(proc: subprocess.Popen[bytes]) -> list[dict[str, Any]]:
 
 
 def test_access_log_off_silences_request_lines_not_events():
-    """CONTRACT.md config: GATEWAY_ACCESS_LOG=off silences the per-request lines; event lines (started,
+    """Configuration (README.md): GATEWAY_ACCESS_LOG=off silences the per-request lines; event lines (started,
     upstream_error, stopped) still reach stdout."""
     with backend() as be, gateway_process(
         GATEWAY_SERVICES="service1,service2", SERVICE1_URL=be.url, SERVICE2_URL=f"http://127.0.0.1:{free_port()}",
@@ -651,7 +651,7 @@ def test_access_log_off_silences_request_lines_not_events():
 
 
 def test_log_level_error_hides_info_and_warning_events():
-    """CONTRACT.md config: GATEWAY_LOG_LEVEL is respected: at "error" no info line (no "started") and no
+    """Configuration (README.md): GATEWAY_LOG_LEVEL is respected: at "error" no info line (no "started") and no
     warning (upstream_error). Access lines are governed by GATEWAY_ACCESS_LOG alone (nginx keeps access_log
     and error_log apart), so they stay."""
     with backend() as be, gateway_process(
@@ -667,7 +667,7 @@ def test_log_level_error_hides_info_and_warning_events():
 
 
 def test_bogus_log_level_exits_2_with_one_line():
-    """CONTRACT.md config: a bad value stops start-up with one line naming the variable, exit code 2."""
+    """Configuration (README.md): a bad value stops start-up with one line naming the variable, exit code 2."""
     env = {**os.environ, "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": "0", "GATEWAY_LOG_LEVEL": "bogus"}
     proc = subprocess.run([sys.executable, "-m", "gateway"], cwd=ROOT, env=env, capture_output=True, timeout=20)
     assert proc.returncode == 2
@@ -679,7 +679,7 @@ def test_bogus_log_level_exits_2_with_one_line():
 
 
 def test_routes_file_prefix_base_path_timeout_and_body_limit(gateway_factory, tmp_path):
-    """CONTRACT.md routes file: /api/billing -> http://127.0.0.1:PORT/api; /api/billing/invoices?x=1 reaches
+    """Routes file (docs/forwarding.md): /api/billing -> http://127.0.0.1:PORT/api; /api/billing/invoices?x=1 reaches
     /api/invoices?x=1; per-route max_body_bytes 100 (200 bytes -> 413, 100 bytes pass) and
     upstream_timeout 0.5 (a 2 s backend -> 504 well before 1.5 s)."""
     with backend() as be:
@@ -724,7 +724,7 @@ def test_routes_file_prefix_base_path_timeout_and_body_limit(gateway_factory, tm
     ],
 )
 def test_invalid_routes_file_fails_start_up_with_exit_2(tmp_path, text, needle):
-    """CONTRACT.md config / issue 4: an invalid routes file stops start-up: exit 2, one line on stderr naming
+    """Routes file (docs/forwarding.md) / issue 4: an invalid routes file stops start-up: exit 2, one line on stderr naming
     GATEWAY_CONFIG, the file and the reason."""
     routes = tmp_path / "routes.toml"
     routes.write_text(text)

@@ -14,21 +14,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.backends import backend
+from tests.backends import backend, free_port
 from tests.integration.helpers import get_json, request
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def gateway_process(**env: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    port = _free_port()
+    port = free_port()
     full_env = {
         **os.environ,
         "GATEWAY_HOST": "127.0.0.1",
@@ -57,7 +51,7 @@ def gateway_process(**env: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]
 
 
 def test_process_serves_and_stops_cleanly_on_sigterm() -> None:
-    """`python -m gateway` serves, logs JSON lines, and on SIGTERM exits 0 (CONTRACT.md, Health and lifecycle)."""
+    """`python -m gateway` serves, logs JSON lines, and on SIGTERM exits 0 (docs/operations.md: health, drain)."""
     with backend() as be, gateway_process(SERVICE1_URL=be.url) as (proc, port):
         status, doc = get_json(port, "/health")
         assert status == 200 and doc["status"] == "ok"

@@ -1,4 +1,4 @@
-"""A real Prometheus scrapes a two-worker gateway (CONTRACT.md, Workers; issue 11).
+"""A real Prometheus scrapes a two-worker gateway (docs/workers.md, Metrics; issue 11).
 
 Debian's ``prometheus`` package (``.ci/run`` installs it) runs on loopback
 with a temporary storage directory and a short scrape interval; the test asks

@@ -134,7 +134,7 @@ def test_slowloris_is_cut_off_by_the_header_timeout_while_others_are_served(gate
 
 
 def test_connection_cap_closes_the_next_connection_at_once(gateway_factory):
-    """CONTRACT.md, GATEWAY_MAX_CONNECTIONS: past the cap a new connection is closed at
+    """GATEWAY_MAX_CONNECTIONS (docs/hardening.md, All limits): past the cap a new connection is closed at
     once (the client reads EOF, no bytes), while the connections already open are still
     served; once one of them closes, a new one is accepted again."""
     with backend() as be:
@@ -196,7 +196,7 @@ def test_2000_idle_keepalive_connections_are_held_while_requests_succeed(gateway
 
 
 def test_open_file_soft_limit_is_raised_at_start_up():
-    """CONTRACT.md, GATEWAY_MAX_CONNECTIONS: at start-up the gateway raises its open-file
+    """GATEWAY_MAX_CONNECTIONS (docs/hardening.md, All limits): at start-up the gateway raises its open-file
     soft limit toward the hard limit (one descriptor per connection), so the default cap
     of 20000 connections is not silently cut to the usual soft limit of 1024."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -330,7 +330,7 @@ def test_over_limit_chunked_upload_is_cut_with_413_in_bounded_memory():
 
 
 def test_1_gib_download_streams_in_constant_memory():
-    """Issue 3, big bodies / CONTRACT.md Forwarding (bodies stream with bounded memory,
+    """Issue 3, big bodies / docs/forwarding.md (bodies stream with bounded memory,
     whatever their size): a 1 GiB download arrives whole while the gateway's peak RSS
     stays within 30 MiB of its warmed-up baseline."""
     with gateway_with_fast_backend() as (_, gp):

@@ -1,4 +1,4 @@
-"""Tracing and opt-in response extras end to end (CONTRACT.md, Extras)."""
+"""Tracing and opt-in response extras end to end (docs/operations.md, tracing)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CONTRACT.md, Workers: several worker processes are one gateway to the outside.
+"""Workers (docs/workers.md): several worker processes are one gateway to the outside.
 
 Real ``python -m gateway`` processes on loopback. Counts reach every worker's
 view within about a second (snapshots): the tests poll for the condition with
@@ -34,9 +34,7 @@ def workers_process(
     preexec: Any = None, stdout: Any = None, **env: str
 ) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
     """``python -m gateway`` with its output in a file (or ``stdout``); killed at the end if still running."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     full_env = {**os.environ, "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port),
                 "GATEWAY_SERVICES": "service1", "GATEWAY_WORKERS": "2", **env}
     with tempfile.TemporaryDirectory() as tmp:
