@@ -304,6 +304,17 @@ def test_dash_in_a_name_is_underscore_in_its_variable() -> None:
     assert "MY_SVC_URL" in config_error({"GATEWAY_SERVICES": "my-svc", "MY_SVC_URL": "nope"})
 
 
+def test_openapi_path_variable(tmp_path):
+    """Configuration: `<NAME>_OPENAPI_PATH` is a path on the backend's origin; a bad one stops start-up naming it."""
+    (route,) = from_env({"GATEWAY_SERVICES": "my-svc", "MY_SVC_OPENAPI_PATH": "/docs/openapi.json"}).routes
+    assert route.openapi_path == "/docs/openapi.json"
+    (route,) = from_env({"GATEWAY_SERVICES": "my-svc"}).routes
+    assert route.openapi_path == "/openapi.json"
+    for bad in ("openapi.json", "/a b", "http://x/openapi.json"):
+        with pytest.raises(ConfigError, match="MY_SVC_OPENAPI_PATH"):
+            from_env({"GATEWAY_SERVICES": "my-svc", "MY_SVC_OPENAPI_PATH": bad})
+
+
 def test_spaces_around_names_are_ignored() -> None:
     """`GATEWAY_SERVICES` is a comma-separated list of names."""
     c = from_env({"GATEWAY_SERVICES": " service1 , billing "})

@@ -26,12 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from gateway.api import Router
-from gateway.config import ConfigError, from_env
-from gateway.openapi import merge
 from tests.backends import backend, free_port, raw_server
 from tests.integration.helpers import get_json, request
 
@@ -474,73 +469,7 @@ def test_openapi_endpoint_is_get_and_head_only(gateway_factory):
     assert status == 405
 
 
-def test_openapi_path_variable(tmp_path):
-    """Configuration: `<NAME>_OPENAPI_PATH` is a path on the backend's origin; a bad one stops start-up naming it."""
-    (route,) = from_env({"GATEWAY_SERVICES": "my-svc", "MY_SVC_OPENAPI_PATH": "/docs/openapi.json"}).routes
-    assert route.openapi_path == "/docs/openapi.json"
-    (route,) = from_env({"GATEWAY_SERVICES": "my-svc"}).routes
-    assert route.openapi_path == "/openapi.json"
-    for bad in ("openapi.json", "/a b", "http://x/openapi.json"):
-        with pytest.raises(ConfigError, match="MY_SVC_OPENAPI_PATH"):
-            from_env({"GATEWAY_SERVICES": "my-svc", "MY_SVC_OPENAPI_PATH": bad})
-
-
-names = st.text(alphabet="abcAB_.-~/0", min_size=1, max_size=6)
-
-
-@st.composite
-def documents(draw: st.DrawFn) -> dict[str, Any]:
-    """An OpenAPI document whose schemas refer to each other under awkward names."""
-    keys = draw(st.lists(names, min_size=1, max_size=6, unique=True))
-    ref = lambda k: {"$ref": "#/components/schemas/" + k.replace("~", "~0").replace("/", "~1")}  # noqa: E731
-    schemas = {k: {"type": "object", "properties": {"to": ref(draw(st.sampled_from(keys))), k: {"type": "string"}}}
-               for k in keys}
-    paths = {f"/api/{i}": {"get": {"operationId": draw(st.sampled_from(["op", "op_2", "x"])), "responses": {
-        "200": {"description": "OK", "content": {"application/json": {"schema": ref(draw(st.sampled_from(keys)))}}}}}}
-        for i in range(draw(st.integers(0, 3)))}
-    return {"openapi": "3.1.0", "info": {"title": "t", "version": "1"}, "paths": paths,
-            "components": {"schemas": schemas}}
-
-
-@settings(max_examples=150, deadline=None)
-@given(a=documents(), b=documents(), c=documents())
-def test_merge_never_collides_and_every_reference_resolves(a, b, c):
-    """Extras: component names are namespaced per service so two services never collide (whatever the
-    names: `a` + `b_X` vs `a_b` + `X`), operation ids stay unique, and every `$ref` resolves."""
-    routes = from_env({"GATEWAY_SERVICES": "a,a_b,ab"}).routes
-    doc = merge(list(zip(routes, (a, b, c), strict=True)), lambda route, path: True)
-    check_document(doc, with_refs=False)
-    merged = doc["components"]["schemas"]
-    assert len(merged) == sum(len(d["components"]["schemas"]) for d in (a, b, c))
-    for route, original in zip(routes, (a, b, c), strict=True):
-        for key, schema in original["components"]["schemas"].items():
-            assert key in merged[f"{route.name}.{key}"]["properties"], "each schema kept under its service"
-        assert {f"/api/{route.name}/{p[5:]}" for p in original["paths"]} <= set(doc["paths"])
-
-
 # ----------------------------------------------------------- pages and stats
-
-
-@pytest.mark.parametrize(
-    ("target", "endpoint", "rest"),
-    [
-        (b"/api/gateway/", "dashboard", b""),
-        (b"/api/gateway/docs", "docs", b""),
-        (b"/api/gateway/docs?x=1", "docs", b""),
-        (b"/api/gateway/docs/", "docs_asset", b"/"),
-        (b"/api/gateway/docs/swagger-ui.css", "docs_asset", b"/swagger-ui.css"),
-        (b"/api/gateway/docs/a/../b", "docs_asset", b"/a/../b"),
-        (b"/api/gateway/docsx", "not_found", b""),
-        (b"/api/gateway", "dashboard_redirect", b""),  # 308 to /api/gateway/ (contract v4)
-        (b"/api/gateway/openapi.json", "openapi", b""),
-        (b"/api/gateway/stats", "stats", b""),
-    ],
-)
-def test_page_routes_exact_and_prefix(target, endpoint, rest):
-    """Routing: `/api/gateway/docs` is exact; its assets are a prefix entry below it; `/api/gateway/` is exact."""
-    m = Router(from_env({}).routes).match(target)
-    assert m is not None and m.route is None
-    assert (m.endpoint, m.rest if endpoint == "docs_asset" else b"") == (endpoint, rest)
 
 
 def _links(html: str) -> list[str]:
