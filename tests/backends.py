@@ -64,6 +64,11 @@ class Backend:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def closed(self) -> int:
+        """Connections the backend has closed so far (counted by its server)."""
+        return int(getattr(self.server, "closed", 0))
+
 
 def _read_chunked(rfile: Any) -> bytes:
     body = bytearray()
@@ -184,6 +189,15 @@ class _QuietServer(ThreadingHTTPServer):
             return
         super().handle_error(request, client_address)
 
+    def shutdown_request(self, request: Any) -> None:
+        """Count each connection once it is closed (idle timeout included), for tests to wait on."""
+        super().shutdown_request(request)
+        with self.closed_lock:
+            self.closed += 1
+
+    closed = 0
+    closed_lock = threading.Lock()
+
 
 @contextmanager
 def backend(idle_close_s: float | None = None) -> Iterator[Backend]:
@@ -249,13 +263,13 @@ def _read_head(conn: socket.socket) -> bytes:
 def hang(conn: socket.socket) -> None:
     """Reads the request, never answers."""
     _read_head(conn)
-    time.sleep(30)
+    time.sleep(30)  # behaviour: a backend that never answers
 
 
 def garbage(conn: socket.socket) -> None:
     _read_head(conn)
     conn.sendall(b"this is not HTTP\r\n\r\n")
-    time.sleep(0.5)
+    time.sleep(0.5)  # behaviour: stay open, so the gateway judges the bytes, not an EOF
     conn.close()
 
 
