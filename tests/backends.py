@@ -184,6 +184,10 @@ def make_handler(backend_ref: list[Backend], idle_close_s: float | None) -> type
 class _QuietServer(ThreadingHTTPServer):
     """Tests cut connections on purpose (timeouts, resets): no tracebacks for those."""
 
+    # socketserver's default backlog is 5: fifty pooled connections opened at
+    # once overflow it, and SYN retransmits (1 s, 3 s, ...) outlast a test's timeout.
+    request_queue_size = 128
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         if isinstance(sys.exc_info()[1], (ConnectionError, ValueError, TimeoutError)):
             return
