@@ -663,8 +663,10 @@ def tag_handler(rc: RawConn, server: RawServer) -> None:
             rc.sock.sendall(http_response(200, b"ok") + EVIL)
         elif path == b"/api/delayed-extra":
             rc.sock.sendall(http_response(200, b"ok"))
-            time.sleep(0.1)
+            time.sleep(0.1)  # behaviour: the extra response comes once the connection is idle
             rc.sock.sendall(EVIL)
+            with server.lock:
+                server.extras_sent = getattr(server, "extras_sent", 0) + 1
         elif path == b"/api/both":
             rc.sock.sendall(
                 b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n"

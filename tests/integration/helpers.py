@@ -366,6 +366,17 @@ def gateway_subprocess(soft_nofile: int | None = None, **env: str) -> Iterator[G
                 proc.wait(10)
 
 
+SENTINEL_TARGET = "/api/service1/sentinel"
+
+
+def sentinel_request(port: int) -> None:
+    """A positive event for a negative check ("nothing reached the backend"): one more request
+    through the same route, answered 200. Whatever the gateway could still send upstream for
+    the requests before it goes out before this one is answered, so a wrong request would have
+    reached the backend first; the backends here record a request before answering it."""
+    assert request(port, "GET", SENTINEL_TARGET)[0] == 200
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 3.0) -> Any:
     """Poll until ``predicate()`` is truthy: the gateway records a request just after answering it."""
     deadline = time.monotonic() + timeout
