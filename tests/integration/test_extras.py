@@ -28,7 +28,8 @@ from typing import Any
 import pytest
 
 from tests.backends import backend, free_port, raw_server
-from tests.integration.helpers import get_json, request
+from gateway.openapi import FETCH_TIMEOUT_S
+from tests.integration.helpers import get_json, request, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -60,10 +61,7 @@ def uvicorn_app(module: str) -> Iterator[str]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, f"{module} did not start"
-        time.sleep(0.02)
+    assert wait_for(lambda: server.started, 10), f"{module} did not start"
     try:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
@@ -94,7 +92,7 @@ class DocServer:
                 else:
                     outer.hits += 1
                     if outer.delay_s:
-                        time.sleep(outer.delay_s)
+                        time.sleep(outer.delay_s)  # behaviour: a slow backend
                     body, status = json.dumps(outer.doc).encode(), 200
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -400,7 +398,7 @@ def test_a_backend_that_is_down_is_listed_unavailable_never_an_error(gateway_fac
     down is listed unavailable, never an error of the document; the wait is bounded by the fetch timeout."""
     def hang(conn: socket.socket) -> None:
         conn.recv(65536)
-        time.sleep(5)
+        time.sleep(5)  # behaviour: a backend that never answers (within the fetch timeout)
 
     def garbage(conn: socket.socket) -> None:
         conn.recv(65536)
@@ -417,7 +415,7 @@ def test_a_backend_that_is_down_is_listed_unavailable_never_an_error(gateway_fac
         started = time.monotonic()
         doc = openapi(gw.port)
         elapsed = time.monotonic() - started
-    assert elapsed < 3.5, f"the first request waited {elapsed:.1f}s (fetch timeout 2s)"
+    assert elapsed < 1.75 * FETCH_TIMEOUT_S, f"the first request waited {elapsed:.1f}s (fetch timeout {FETCH_TIMEOUT_S}s)"
     check_document(doc)
     services = doc["info"]["x-gateway-services"]
     assert services["service1"] == {"available": True, "error": None}
@@ -442,21 +440,19 @@ def test_document_is_cached_and_refreshed_off_the_request_path(gateway_factory):
         assert shop.hits <= 2  # from the cache (the refresher may have run once meanwhile)
 
         shop.doc["paths"]["/api/new"] = {"get": {"responses": {"200": {"description": "OK"}}}}
-        deadline = time.monotonic() + 5
-        while "/api/service1/new" not in openapi(gw.port)["paths"]:
-            assert time.monotonic() < deadline, "the background refresh did not pick up the change"
-            time.sleep(0.05)
+        assert wait_for(lambda: "/api/service1/new" in openapi(gw.port)["paths"], 5), \
+            "the background refresh did not pick up the change"
 
-        shop.delay_s = 3.0  # now the backend is slow: requests must not wait for it
-        deadline = time.monotonic() + 8
-        while True:
+        shop.delay_s = 1.5 * FETCH_TIMEOUT_S  # now the backend is slow: requests must not wait for it
+
+        def served_at_once_until_unavailable() -> dict[str, Any] | None:
             started = time.monotonic()
             doc = openapi(gw.port)
-            assert time.monotonic() - started < 1.0, "a request waited for a refresh"
-            if not doc["info"]["x-gateway-services"]["service1"]["available"]:
-                break
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+            assert time.monotonic() - started < FETCH_TIMEOUT_S / 2, "a request waited for a refresh"
+            return None if doc["info"]["x-gateway-services"]["service1"]["available"] else doc
+
+        doc = wait_for(served_at_once_until_unavailable, 4 * FETCH_TIMEOUT_S)
+        assert doc, "the refresh never timed out"
         assert "within 2s" in doc["info"]["x-gateway-services"]["service1"]["error"]
 
 

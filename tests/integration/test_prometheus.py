@@ -66,9 +66,8 @@ def test_prometheus_sums_every_workers_requests() -> None:
             # every request the gateway answered: the N, and Prometheus' scrapes before the latest one
             scrapes = 'count_over_time(up{job="gateway"}[1h])'
             accounted = f"sum(gateway_requests_total) - sum({scrapes})"
-            deadline = time.monotonic() + 30
-            while (value := _query(prom_port, accounted)) != n - 1 and time.monotonic() < deadline:
-                time.sleep(0.5)
+            wait_for(lambda: _query(prom_port, accounted) == n - 1, 30)
+            value = _query(prom_port, accounted)
             assert value == n - 1, (value, _query(prom_port, "sum by (service, code) (gateway_requests_total)"))
             assert _query(prom_port, 'min_over_time(up{job="gateway"}[1h])') == 1
         finally:
