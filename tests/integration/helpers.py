@@ -344,15 +344,7 @@ def gateway_subprocess(soft_nofile: int | None = None, **env: str) -> Iterator[G
             )
         gp = GatewayProcess(proc, port, log_path)
         try:
-            deadline = time.monotonic() + 15
-            while True:
-                assert proc.poll() is None, err_path.read_text()
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                        break
-                except OSError:
-                    assert time.monotonic() < deadline, "the gateway did not start listening"
-                    time.sleep(0.05)
+            wait_listening(proc, port, err_path.read_text)
             yield gp
             proc.terminate()
             proc.wait(20)
@@ -364,6 +356,22 @@ def gateway_subprocess(soft_nofile: int | None = None, **env: str) -> Iterator[G
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+
+
+def wait_listening(
+    proc: subprocess.Popen[bytes], port: int, output: Callable[[], str], timeout: float = 15
+) -> None:
+    """Wait until ``proc`` accepts connections on ``port``; fail with its ``output()`` if it exits."""
+
+    def listening() -> bool:
+        assert proc.poll() is None, output()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    assert wait_for(listening, timeout), "the gateway did not start listening"
 
 
 SENTINEL_TARGET = "/api/service1/sentinel"

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.backends import backend, free_port
-from tests.integration.helpers import get_json, request, wait_for
+from tests.integration.helpers import get_json, request, wait_for, wait_listening
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,16 +33,8 @@ def gateway_process(**env: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway"], cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    def listening() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return True
-        except OSError:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            return False
-
     try:
-        assert wait_for(listening, 15), "the gateway did not start listening"
+        wait_listening(proc, port, lambda: proc.stderr.read().decode() if proc.stderr else "")
         yield proc, port
     finally:
         if proc.poll() is None:
