@@ -14,13 +14,15 @@ import re
 import shlex
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import yaml
+
+from tests.integration.helpers import wait_for
+
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S_DIR = ROOT / "deploy" / "kubernetes"
@@ -429,13 +431,11 @@ def _check(argv: list[str], env: dict[str, str], cwd: Path) -> int:
 
 
 def _wait_healthy(proc: Proc, argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def healthy() -> bool:
         assert proc.popen.poll() is None, f"{proc.name} exited {proc.popen.returncode}:\n{proc.output()}"
-        if _check(argv, env, cwd) == 0:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{proc.name} not healthy within {timeout}s:\n{proc.output()}")
+        return _check(argv, env, cwd) == 0
+
+    assert wait_for(healthy, timeout), f"{proc.name} not healthy within {timeout}s:\n{proc.output()}"
 
 
 def _with_port(argv: list[str], port: int) -> list[str]:

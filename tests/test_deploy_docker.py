@@ -67,6 +67,7 @@ from tests.deploy_helpers import (
     load_manifests,
     parse_dockerfile,
 )
+from tests.integration.helpers import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +294,8 @@ def test_compose_stack_runs_from_the_built_images(
         assert (url.hostname, url.port) == (name, 8000)
         gw_env[f"{name.upper()}_URL"] = f"http://127.0.0.1:{backend_ports[name]}"
     port = free_port()
-    gw_env |= {"GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), "GATEWAY_DRAIN_DELAY": "1"}
+    drain_delay_s = 1.0
+    gw_env |= {"GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), "GATEWAY_DRAIN_DELAY": str(drain_delay_s)}
     env = gateway_image.host_env(**gw_env)
     cwd = gateway_image.host_path(gateway_image.workdir)  # holds only the venv: no source tree to lean on
     gateway = _start("gateway", gateway_image.cmd, cwd, env, tmp_path)
@@ -319,10 +321,7 @@ def test_compose_stack_runs_from_the_built_images(
 
     # docker stop: SIGTERM -> /health 503 draining (both health checks fail) -> exit 0.
     gateway.popen.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 1.0
-    while _check(image_check, env, cwd) == 0:
-        assert time.monotonic() < deadline, "health check still passing while draining"
-        time.sleep(0.05)
+    assert wait_for(lambda: _check(image_check, env, cwd) != 0, drain_delay_s), "health check still passing while draining"
     assert gateway.popen.wait(15) == 0, gateway.output()
     assert _check(compose_check, env, cwd) != 0
 
