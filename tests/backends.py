@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import select
 import socket
 import struct
 import sys
@@ -150,7 +151,7 @@ def make_handler(backend_ref: list[Backend], idle_close_s: float | None) -> type
                     self.wfile.write(piece)
                     sent += len(piece)
             elif path.startswith("/api/slow/"):
-                time.sleep(float(path.rsplit("/", 1)[1]))
+                time.sleep(float(path.rsplit("/", 1)[1]))  # behaviour: a slow backend
                 self._send(200, b'{"slow":true}')
             elif path == "/api/redirect":
                 target = query.split("to=", 1)[1] if "to=" in query else "/"
@@ -301,7 +302,9 @@ def blackhole() -> Iterator[int]:
         except BlockingIOError:
             pass
         fillers.append(s)
-    time.sleep(0.05)
+    # the accept queue is full once a filler's handshake has completed
+    _, connected, _ = select.select([], fillers, [], 5)
+    assert connected, "no filler connection completed"
     try:
         yield port
     finally:
@@ -750,7 +753,7 @@ def flaky_keepalive_handler(seed: int) -> Any:
             with server.lock:
                 server.answered = getattr(server, "answered", 0) + 1  # type: ignore[attr-defined]
         if how == "pause":
-            time.sleep(pause)
+            time.sleep(pause)  # behaviour: the backend keeps the connection a while before closing
         elif how == "on_next":
             rc.read_until(b"\r\n\r\n", 1 << 20)
         # returning closes the socket (FIN; RST when a request was left unread)

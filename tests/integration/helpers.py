@@ -392,4 +392,4 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 3.0) -> Any:
         value = predicate()
         if value or time.monotonic() > deadline:
             return value
-        time.sleep(0.01)
+        time.sleep(0.01)  # the poll interval: the one sleep that waits on conditions
