@@ -30,7 +30,7 @@ from tests.backends import (
     recorder,
     running,
 )
-from tests.integration.helpers import error_json, read_until_closed, request, wait_for
+from tests.integration.helpers import error_json, read_until_closed, request, sentinel_request, wait_for
 from tests.integration.test_failures import _read_head, assert_error, wait_pool_settled
 
 
@@ -139,8 +139,10 @@ def test_large_body_goes_upstream_once_the_buffer_is_full_and_arrives_whole(gate
         with connect(gw.port) as s:
             s.sendall(b"POST /api/service1/upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 300000\r\n"
                       b"Connection: close\r\n\r\n" + b"y" * 1000)
-            time.sleep(0.3)  # behaviour: the client pauses mid-body; a connection taken now would show
-            assert server.connections == 0, "a backend connection was taken before 1024 body bytes were at hand"
+            # The client pauses mid-body. A sentinel request on another connection is answered after
+            # the gateway has read these bytes: a connection taken for them would be a second one.
+            sentinel_request(gw.port)
+            assert server.connections == 1, "a backend connection was taken before 1024 body bytes were at hand"
             s.sendall(b"y" * 299_000)
             data, _ = read_until_closed(s)
         assert status_of(data) == 200 and body_of(data) == b"received 300000", data
@@ -166,12 +168,14 @@ def test_expect_100_continue_is_answered_before_the_body_is_read(gateway_factory
             s.settimeout(3)
             first = s.recv(100)
             assert first.startswith(b"HTTP/1.1 100 "), first
-            time.sleep(0.2)  # behaviour: the client pauses before its body; a connection taken now would show
-            assert rec.server is not None and rec.server.connections == 0, "connected before the body was read"
+            # The client pauses before its body. A sentinel request on another connection is answered
+            # after the 100 was sent: a connection taken for this request would be a second one.
+            sentinel_request(gw.port)
+            assert rec.server is not None and rec.server.connections == 1, "connected before the body was read"
             s.sendall(b"hello")
             data, _ = read_until_closed(s)
         assert status_of(data) == 200 and body_of(data) == b"got 5", data
-        assert [r.body for r in rec.requests] == [b"hello"]
+        assert [r.body for r in rec.requests] == [b"", b"hello"]  # the sentinel's, then this one
 
 
 # =====================================================================================
