@@ -130,16 +130,25 @@ def _workers_seen(port: int, attempts: int = 200) -> set[int]:
     return seen
 
 
+def _both_workers_answer(port: int) -> bool:
+    """True once both workers answer; a worker still starting may hold a connection in its
+    accept queue past the request timeout: that is a "not yet", not a failure."""
+    try:
+        return _workers_seen(port) == {0, 1}
+    except OSError:
+        return False
+
+
 def test_workers_share_the_port_survive_a_kill_and_drain_on_sigterm() -> None:
     """GATEWAY_WORKERS=N: N workers answer on one port (SO_REUSEPORT); a worker that dies is
     restarted; SIGTERM drains all and the supervisor exits 0."""
     with backend() as be, gateway_process(SERVICE1_URL=be.url, GATEWAY_WORKERS="2") as (proc, port):
         assert wait_for(lambda: len(_children(proc.pid)) >= 2, 10)
-        assert wait_for(lambda: _workers_seen(port) == {0, 1}, 10), "both workers listening"
+        assert wait_for(lambda: _both_workers_answer(port), 30), "both workers listening"
         victim = _children(proc.pid)[0]
         os.kill(victim, signal.SIGKILL)
         assert wait_for(lambda: len(kids := _children(proc.pid)) == 2 and victim not in kids, 10)
-        assert wait_for(lambda: _workers_seen(port) == {0, 1}, 10), "the restarted worker listening"
+        assert wait_for(lambda: _both_workers_answer(port), 30), "the restarted worker listening"
         status, _, _ = request(port, "GET", "/api/service1/x")
         assert status == 200
         proc.send_signal(signal.SIGTERM)
