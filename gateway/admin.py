@@ -24,7 +24,7 @@ from gateway.errors import MethodNotAllowed, NotFound
 from gateway.metrics import prometheus
 
 if TYPE_CHECKING:
-    from gateway.server import Gateway
+    from gateway.state import Gateway
 
 JSON = b"application/json"
 PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"

@@ -37,7 +37,7 @@ from gateway.headers import Header, forwarded_client, full_items, new_request_id
 from gateway.relay import proxy, request_framing
 
 if TYPE_CHECKING:
-    from gateway.server import Gateway
+    from gateway.state import Gateway
 
 REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 _CAN_RESPOND = (h11.IDLE, h11.SEND_RESPONSE)
@@ -283,6 +283,11 @@ class ClientConnection(H11Protocol):
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return False
         return conn.their_state is h11.DONE
+
+    def send_continue(self) -> None:
+        """RFC 9110 10.1.1: a client waiting on ``Expect: 100-continue`` is told to send the body."""
+        if self.h11.client_is_waiting_for_100_continue:
+            self.write(self.h11.send(h11.InformationalResponse(status_code=100, headers=(), reason=b"Continue")))
 
     # --- responses the gateway makes itself -------------------------------
     def add_response_headers(self, headers: list[Header], rec: Record) -> None:

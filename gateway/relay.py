@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import h11
 
@@ -42,15 +42,39 @@ from gateway.headers import (
     upstream_request_headers,
     valid_host,
 )
-from gateway.upstream import UpstreamConnection
+from gateway.upstream import Sink, UpstreamConnection
 
 if TYPE_CHECKING:
     from gateway.accesslog import Record
-    from gateway.protocol import ClientConnection
+    from gateway.headers import Header
+    from gateway.state import Gateway
 
 # RFC 9110 9.2.2. Only these may go out twice, and only when nothing of the
 # response came back (Go's transport.go shouldRetryRequest).
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+
+class Downstream(Sink, Protocol):
+    """What the relay uses of the client connection (``protocol.ClientConnection``),
+    and nothing else; ``Sink``'s members are what ``relay_body`` writes through.
+    Plain attributes and methods: reaching them through the interface costs nothing."""
+
+    gw: Gateway
+    h11: h11.Connection  # its state moved by h11fast; _check_chunk reads its chunk reader
+    client_ip_bytes: bytes
+    trusted: bool
+
+    def finish_empty_body(self) -> bool: ...
+
+    def send_continue(self) -> None: ...
+
+    def next_event(self) -> Any: ...
+
+    async def wait_for_data(self, deadline: float | None = None) -> None: ...
+
+    def add_response_headers(self, headers: list[Header], rec: Record) -> None: ...
+
+    def write(self, data: bytes) -> None: ...
 
 
 def request_framing(request: h11.Request) -> tuple[int | None, bool]:
@@ -80,7 +104,7 @@ def request_framing(request: h11.Request) -> tuple[int | None, bool]:
     return length, chunked
 
 
-async def proxy(client: ClientConnection, request: h11.Request, match: Match, rec: Record) -> None:
+async def proxy(client: Downstream, request: h11.Request, match: Match, rec: Record) -> None:
     gw = client.gw
     route = match.route
     assert route is not None
@@ -97,8 +121,7 @@ async def proxy(client: ClientConnection, request: h11.Request, match: Match, re
         # Admission (CONTRACT.md, Forwarding): read the body, or its first
         # GATEWAY_REQUEST_BUFFER_BYTES, before a backend connection is taken, so a
         # slow or broken upload never holds one (nginx's client_body_buffer_size).
-        if client.h11.client_is_waiting_for_100_continue:
-            client.write(client.h11.send(h11.InformationalResponse(status_code=100, headers=(), reason=b"Continue")))
+        client.send_continue()
         held, complete = await _admit_body(client, limit, length, chunked, gw.config.request_buffer_bytes, rec)
 
     items = full_items(request.headers)
@@ -164,7 +187,7 @@ _UNSENT = _Unsent()
 
 
 async def _admit_body(
-    client: ClientConnection, limit: int, length: int | None, chunked: bool, buffer_bytes: int, rec: Record
+    client: Downstream, limit: int, length: int | None, chunked: bool, buffer_bytes: int, rec: Record
 ) -> tuple[bytes, bool]:
     """(bytes held, whole body held): the body until it ends or ``buffer_bytes`` are held.
 
@@ -188,7 +211,7 @@ async def _admit_body(
     return b"".join(held), False
 
 
-async def _body_event(client: ClientConnection, limit: int, chunked: bool, rec: Record) -> h11.Data | h11.EndOfMessage:
+async def _body_event(client: Downstream, limit: int, chunked: bool, rec: Record) -> h11.Data | h11.EndOfMessage:
     """The next piece of the request body, counted against the limit (413).
 
     A pause longer than GATEWAY_CLIENT_BODY_TIMEOUT between reads is 408
@@ -231,7 +254,7 @@ async def _body_event(client: ClientConnection, limit: int, chunked: bool, rec: 
 MAX_CHUNK_SIZE = 1 << 64
 
 
-def _check_chunk(client: ClientConnection, limit: int, received: int) -> None:
+def _check_chunk(client: Downstream, limit: int, received: int) -> None:
     # h11's ChunkedReader keeps what is left of the current chunk in
     # ``_bytes_in_chunk``, set as soon as the size line is parsed (private,
     # like ``Headers._full_items`` in headers.full_items).
@@ -244,7 +267,7 @@ def _check_chunk(client: ClientConnection, limit: int, received: int) -> None:
 
 
 async def _exchange(
-    client: ClientConnection,
+    client: Downstream,
     conn: UpstreamConnection,
     head: h11.Request,
     held: bytes,
@@ -306,7 +329,7 @@ def _raise_body_error(body_task: asyncio.Task[None] | None) -> None:
 
 
 async def _send_body(
-    client: ClientConnection, conn: UpstreamConnection, limit: int, chunked: bool, timeout_s: float, rec: Record
+    client: Downstream, conn: UpstreamConnection, limit: int, chunked: bool, timeout_s: float, rec: Record
 ) -> None:
     """Stream the rest of a body larger than GATEWAY_REQUEST_BUFFER_BYTES upstream.
 
@@ -333,7 +356,7 @@ async def _send_body(
 
 
 async def _relay_response(
-    client: ClientConnection,
+    client: Downstream,
     conn: UpstreamConnection,
     request: h11.Request,
     response: h11.Response,
@@ -436,7 +459,7 @@ async def _relay_response(
 
 
 async def _relay_fixed(
-    client: ClientConnection,
+    client: Downstream,
     conn: UpstreamConnection,
     head: bytes,
     length: int,

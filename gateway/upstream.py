@@ -12,7 +12,7 @@ import asyncio
 import enum
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import h11
 
@@ -23,6 +23,17 @@ from gateway.flow import HIGH_WATER, H11Protocol, StreamClosed, _wait
 MAX_RESPONSE_HEAD_BYTES = 64 * 1024
 # Where h11 ends a head (``h11._receivebuffer.blank_line_regex``).
 _HEAD_END = re.compile(b"\n\r?\n")
+
+
+class Sink(Protocol):
+    """Where ``relay_body`` writes a response body: the client connection
+    (``protocol.ClientConnection``, through ``relay.Downstream``)."""
+
+    transport: asyncio.Transport
+    closed: bool
+    _writing_paused: bool  # its transport's buffer is full (flow.H11Protocol.pause_writing)
+
+    async def drain(self, deadline: float | None = None) -> None: ...
 
 
 class ConnState(enum.Enum):
@@ -42,7 +53,7 @@ class UpstreamConnection(H11Protocol):
         self.requests = 0  # requests sent on this connection
         self.reusable = True  # cleared on ambiguous framing from the backend
         # Relaying a Content-Length body straight to a client (relay_body).
-        self._sink: H11Protocol | None = None
+        self._sink: Sink | None = None
         self._body_left = 0  # body bytes still due from the backend
         self._last_progress = 0.0  # loop time of the last body bytes
         self._sink_paused = False  # we paused reading: the client's buffer is full
@@ -84,7 +95,7 @@ class UpstreamConnection(H11Protocol):
         elif not left or sink.closed:
             self._wake_reader()
 
-    async def relay_body(self, sink: H11Protocol, length: int, timeout_s: float) -> int:
+    async def relay_body(self, sink: Sink, length: int, timeout_s: float) -> int:
         """Relay the next ``length`` bytes from the socket to ``sink`` as they
         arrive, with both sides' flow control; then h11 records the end of the
         Content-Length body it has counted on. Returns the bytes relayed (also

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import select
 import socket
 import struct
 import sys
@@ -63,6 +64,11 @@ class Backend:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def closed(self) -> int:
+        """Connections the backend has closed so far (counted by its server)."""
+        return int(getattr(self.server, "closed", 0))
 
 
 def _read_chunked(rfile: Any) -> bytes:
@@ -145,7 +151,7 @@ def make_handler(backend_ref: list[Backend], idle_close_s: float | None) -> type
                     self.wfile.write(piece)
                     sent += len(piece)
             elif path.startswith("/api/slow/"):
-                time.sleep(float(path.rsplit("/", 1)[1]))
+                time.sleep(float(path.rsplit("/", 1)[1]))  # behaviour: a slow backend
                 self._send(200, b'{"slow":true}')
             elif path == "/api/redirect":
                 target = query.split("to=", 1)[1] if "to=" in query else "/"
@@ -187,6 +193,15 @@ class _QuietServer(ThreadingHTTPServer):
         if isinstance(sys.exc_info()[1], (ConnectionError, ValueError, TimeoutError)):
             return
         super().handle_error(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        """Count each connection once it is closed (idle timeout included), for tests to wait on."""
+        super().shutdown_request(request)
+        with self.closed_lock:
+            self.closed += 1
+
+    closed = 0
+    closed_lock = threading.Lock()
 
 
 @contextmanager
@@ -253,13 +268,13 @@ def _read_head(conn: socket.socket) -> bytes:
 def hang(conn: socket.socket) -> None:
     """Reads the request, never answers."""
     _read_head(conn)
-    time.sleep(30)
+    time.sleep(30)  # behaviour: a backend that never answers
 
 
 def garbage(conn: socket.socket) -> None:
     _read_head(conn)
     conn.sendall(b"this is not HTTP\r\n\r\n")
-    time.sleep(0.5)
+    time.sleep(0.5)  # behaviour: stay open, so the gateway judges the bytes, not an EOF
     conn.close()
 
 
@@ -287,7 +302,9 @@ def blackhole() -> Iterator[int]:
         except BlockingIOError:
             pass
         fillers.append(s)
-    time.sleep(0.05)
+    # the accept queue is full once a filler's handshake has completed
+    _, connected, _ = select.select([], fillers, [], 5)
+    assert connected, "no filler connection completed"
     try:
         yield port
     finally:
@@ -297,7 +314,7 @@ def blackhole() -> Iterator[int]:
 
 
 def free_port() -> int:
-    """A port nothing listens on (connection refused)."""
+    """A loopback port nothing listens on (connection refused) - the one copy for all tests."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -649,8 +666,10 @@ def tag_handler(rc: RawConn, server: RawServer) -> None:
             rc.sock.sendall(http_response(200, b"ok") + EVIL)
         elif path == b"/api/delayed-extra":
             rc.sock.sendall(http_response(200, b"ok"))
-            time.sleep(0.1)
+            time.sleep(0.1)  # behaviour: the extra response comes once the connection is idle
             rc.sock.sendall(EVIL)
+            with server.lock:
+                server.extras_sent = getattr(server, "extras_sent", 0) + 1
         elif path == b"/api/both":
             rc.sock.sendall(
                 b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -734,7 +753,7 @@ def flaky_keepalive_handler(seed: int) -> Any:
             with server.lock:
                 server.answered = getattr(server, "answered", 0) + 1  # type: ignore[attr-defined]
         if how == "pause":
-            time.sleep(pause)
+            time.sleep(pause)  # behaviour: the backend keeps the connection a while before closing
         elif how == "on_next":
             rc.read_until(b"\r\n\r\n", 1 << 20)
         # returning closes the socket (FIN; RST when a request was left unread)

@@ -1,4 +1,4 @@
-"""Router properties (CONTRACT.md, Routing): whole segments, longest prefix, bytes untouched.
+"""Router properties (docs/forwarding.md, Routing and forwarding): whole segments, longest prefix, bytes untouched.
 
 In the style of h2's ``test_invalid_headers.py``: hypothesis generates raw
 request-targets and every property is checked against a small model of the
@@ -329,3 +329,24 @@ def test_router_refuses_a_route_on_the_gateway_prefix() -> None:
     with pytest.raises(ValueError):
         Router([shadow])
 
+
+@pytest.mark.parametrize(
+    ("target", "endpoint", "rest"),
+    [
+        (b"/api/gateway/", "dashboard", b""),
+        (b"/api/gateway/docs", "docs", b""),
+        (b"/api/gateway/docs?x=1", "docs", b""),
+        (b"/api/gateway/docs/", "docs_asset", b"/"),
+        (b"/api/gateway/docs/swagger-ui.css", "docs_asset", b"/swagger-ui.css"),
+        (b"/api/gateway/docs/a/../b", "docs_asset", b"/a/../b"),
+        (b"/api/gateway/docsx", "not_found", b""),
+        (b"/api/gateway", "dashboard_redirect", b""),  # 308 to /api/gateway/ (contract v4)
+        (b"/api/gateway/openapi.json", "openapi", b""),
+        (b"/api/gateway/stats", "stats", b""),
+    ],
+)
+def test_page_routes_exact_and_prefix(target, endpoint, rest):
+    """Routing: `/api/gateway/docs` is exact; its assets are a prefix entry below it; `/api/gateway/` is exact."""
+    m = Router(from_env({}).routes).match(target)
+    assert m is not None and m.route is None
+    assert (m.endpoint, m.rest if endpoint == "docs_asset" else b"") == (endpoint, rest)

@@ -1,4 +1,4 @@
-"""The command line (CONTRACT.md, Command line): ``gateway --version`` prints the
+"""The command line (README.md, Quick start; docs/operations.md): ``gateway --version`` prints the
 version; ``gateway --help`` and ``gateway check --help`` print usage; all exit 0
 and probe nothing. An unknown flag, command or extra argument prints usage to
 stderr and exits 2, as argparse-based tools do. Each runs the real entry point

@@ -1,15 +1,22 @@
 """compose.yaml, offline (issue 14): the gateway is published on 127.0.0.1 only,
 with a comment saying how to expose it, and the examples image is built once and
-run by both backends. The rest of the wiring: tests/test_deploy.py.
+run by both backends; and the wiring: the gateway's environment routes to both
+backends and is a valid configuration, health checks without curl, a stop grace
+period that covers the drain. Running it from the built images:
+tests/test_deploy_docker.py.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from gateway.config import from_env
+from tests.deploy_helpers import _compose_env, _compose_healthcheck_argv, _published, _seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "compose.yaml"
@@ -63,3 +70,32 @@ def test_examples_image_is_built_once_and_run_by_both_backends(services):
     assert services["gateway"].get("image") not in images
     for name in BACKENDS:
         assert services[name]["command"][:2] == ["uvicorn", f"examples.{name}:app"]
+
+
+def test_compose_wiring(services: dict[str, Any]) -> None:
+    assert set(services) == {"gateway", *BACKENDS}
+    gw = services["gateway"]
+    assert gw["build"]["context"] == "." and gw["build"].get("dockerfile", "Dockerfile") == "Dockerfile"
+    assert ("8080", "8080") in _published(gw)
+    env = _compose_env(gw)
+    assert env["GATEWAY_SERVICES"].split(",") == list(BACKENDS)
+    config = from_env(env)  # the gateway accepts it (raises ConfigError otherwise)
+    assert config.port == 8080
+    for name in BACKENDS:
+        backend = services[name]
+        # Both run the examples image, built once: tests/test_compose.py.
+        command = backend["command"]
+        assert command[:2] == ["uvicorn", f"examples.{name}:app"]
+        assert command[command.index("--host") + 1] == "0.0.0.0"
+        assert env[f"{name.upper()}_URL"] == f"http://{name}:{command[command.index('--port') + 1]}"
+        assert gw["depends_on"][name] == {"condition": "service_healthy"}
+    for name, service in services.items():
+        check = service["healthcheck"]
+        argv = _compose_healthcheck_argv(check["test"])
+        assert argv[0] == "python" and not re.search(r"\b(curl|wget)\b", " ".join(argv)), name
+        assert not check.get("disable", False)
+    assert "/health" in " ".join(_compose_healthcheck_argv(gw["healthcheck"]["test"]))
+    # docker stop waits long enough for the drain.
+    assert gw.get("stop_signal", "SIGTERM") == "SIGTERM"
+    grace = _seconds(gw.get("stop_grace_period", "10s"))
+    assert grace >= config.drain_delay_s + config.shutdown_timeout_s, (grace, config)

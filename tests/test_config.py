@@ -1,4 +1,4 @@
-"""Configuration (CONTRACT.md, Configuration): defaults, validation, routes file, exit code 2.
+"""Configuration (README.md, Configuration): defaults, validation, routes file, exit code 2.
 
 ``from_env`` is fed explicit mappings, never the test process's environment;
 the CLI is run as a real subprocess the way an operator starts it.
@@ -46,7 +46,7 @@ def route(config: Config, prefix: str) -> Route:
 
 
 def test_defaults_match_the_contract_table() -> None:
-    """Every variable's default is the one in CONTRACT.md's Configuration table."""
+    """Every variable's default is the one in README.md's Configuration table."""
     c = from_env({})
     assert c.host == "0.0.0.0"
     assert c.port == 8080
@@ -302,6 +302,17 @@ def test_dash_in_a_name_is_underscore_in_its_variable() -> None:
     r = route(c, "/api/my-svc")
     assert (r.upstream.host, r.upstream.port) == ("right", 1234)
     assert "MY_SVC_URL" in config_error({"GATEWAY_SERVICES": "my-svc", "MY_SVC_URL": "nope"})
+
+
+def test_openapi_path_variable(tmp_path):
+    """Configuration: `<NAME>_OPENAPI_PATH` is a path on the backend's origin; a bad one stops start-up naming it."""
+    (route,) = from_env({"GATEWAY_SERVICES": "my-svc", "MY_SVC_OPENAPI_PATH": "/docs/openapi.json"}).routes
+    assert route.openapi_path == "/docs/openapi.json"
+    (route,) = from_env({"GATEWAY_SERVICES": "my-svc"}).routes
+    assert route.openapi_path == "/openapi.json"
+    for bad in ("openapi.json", "/a b", "http://x/openapi.json"):
+        with pytest.raises(ConfigError, match="MY_SVC_OPENAPI_PATH"):
+            from_env({"GATEWAY_SERVICES": "my-svc", "MY_SVC_OPENAPI_PATH": bad})
 
 
 def test_spaces_around_names_are_ignored() -> None:

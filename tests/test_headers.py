@@ -1,4 +1,4 @@
-"""Header rules (CONTRACT.md, Forwarding), checked with hypothesis over header lists.
+"""Header rules (docs/forwarding.md, RFC 9110 section 7.6.1), checked with hypothesis over header lists.
 
 Headers are h11-shaped (raw name, lower-case name, value) triples, the way
 ``h11.Headers`` stores them. Each property compares the gateway's output with

@@ -1,4 +1,4 @@
-"""W3C traceparent handling and the opt-in Location rewrite (CONTRACT.md, Extras)."""
+"""W3C traceparent handling and the opt-in Location rewrite (docs/operations.md: tracing, GATEWAY_REWRITE_LOCATION)."""
 
 from __future__ import annotations
 

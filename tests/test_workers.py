@@ -136,7 +136,7 @@ def test_long_access_lines_are_cut_to_pipe_buf_and_writes_carry_whole_lines(tmp_
                 rec.upstream = "http://b:1" + rec.path
                 rec.end = rec.start
                 log.access(rec)
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # behaviour: the end of one loop iteration, where lines are flushed
 
         try:
             asyncio.run(burst())

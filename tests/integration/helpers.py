@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.backends import free_port
+
 
 def request(
     port: int,
@@ -319,9 +321,7 @@ def gateway_subprocess(soft_nofile: int | None = None, **env: str) -> Iterator[G
     log must hold no error-level line and stderr no traceback. ``soft_nofile``: start
     it with that open-file soft limit."""
     root = Path(__file__).resolve().parents[2]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     full_env = {
         **os.environ,
         "GATEWAY_HOST": "127.0.0.1",
@@ -344,15 +344,7 @@ def gateway_subprocess(soft_nofile: int | None = None, **env: str) -> Iterator[G
             )
         gp = GatewayProcess(proc, port, log_path)
         try:
-            deadline = time.monotonic() + 15
-            while True:
-                assert proc.poll() is None, err_path.read_text()
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                        break
-                except OSError:
-                    assert time.monotonic() < deadline, "the gateway did not start listening"
-                    time.sleep(0.05)
+            wait_listening(proc, port, err_path.read_text)
             yield gp
             proc.terminate()
             proc.wait(20)
@@ -366,6 +358,33 @@ def gateway_subprocess(soft_nofile: int | None = None, **env: str) -> Iterator[G
                 proc.wait(10)
 
 
+def wait_listening(
+    proc: subprocess.Popen[bytes], port: int, output: Callable[[], str], timeout: float = 15
+) -> None:
+    """Wait until ``proc`` accepts connections on ``port``; fail with its ``output()`` if it exits."""
+
+    def listening() -> bool:
+        assert proc.poll() is None, output()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    assert wait_for(listening, timeout), "the gateway did not start listening"
+
+
+SENTINEL_TARGET = "/api/service1/sentinel"
+
+
+def sentinel_request(port: int) -> None:
+    """A positive event for a negative check ("nothing reached the backend"): one more request
+    through the same route, answered 200. Whatever the gateway could still send upstream for
+    the requests before it goes out before this one is answered, so a wrong request would have
+    reached the backend first; the backends here record a request before answering it."""
+    assert request(port, "GET", SENTINEL_TARGET)[0] == 200
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 3.0) -> Any:
     """Poll until ``predicate()`` is truthy: the gateway records a request just after answering it."""
     deadline = time.monotonic() + timeout
@@ -373,4 +392,4 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 3.0) -> Any:
         value = predicate()
         if value or time.monotonic() > deadline:
             return value
-        time.sleep(0.01)
+        time.sleep(0.01)  # the poll interval: the one sleep that waits on conditions

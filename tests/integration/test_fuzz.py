@@ -229,7 +229,7 @@ SETTINGS = settings(
 
 
 def test_valid_requests_arrive_at_the_backend_byte_exact(gateway_factory):
-    """Issue 3 / CONTRACT.md Forwarding: every valid request (1-3 pipelined on one
+    """Issue 3 / docs/forwarding.md: every valid request (1-3 pipelined on one
     connection, any token method, any RFC 3986 path and query, any visible field values
     incl. obs-text, duplicates and odd case, bodies by Content-Length or chunked with
     extensions and trailers) is answered in order with the backend's response, and

@@ -40,6 +40,8 @@ from tests.integration.helpers import (
     parse_responses_strict,
     read_until_closed,
     request,
+    sentinel_request,
+    wait_for,
 )
 
 
@@ -107,8 +109,8 @@ def test_bytes_after_a_response_never_reach_the_next_client(gateway_factory, cas
         if status == 200 and method == "GET":
             assert body == b"ok", body
         assert b"evil" not in data
-        if path.endswith("delayed-extra"):
-            time.sleep(0.3)  # the extra response arrives while the connection is idle
+        if path.endswith("delayed-extra"):  # the extra response arrives while the connection is idle
+            assert wait_for(lambda: getattr(be, "extras_sent", 0) == 1), "the backend never sent its extra response"
         for i in range(3):
             assert_own_tag(tagged_get(gw.port, f"next{i}"), f"next{i}")
 
@@ -313,8 +315,8 @@ def test_smuggling_attempt_is_rejected_and_nothing_reaches_the_backend(gateway_f
             data, closed = raw_exchange(gw.port, raw_request + FOLLOW_UP)
         except (BrokenPipeError, ConnectionResetError):
             data, closed = b"", True  # closed on us while we were still sending: a clean close
-        time.sleep(0.1)
-        assert rec.requests == [], [r.head for r in rec.requests]
+        sentinel_request(gw.port)
+        assert [r.target for r in rec.requests] == [b"/api/sentinel"], [r.head for r in rec.requests]
         assert rec.malformed == [], rec.malformed
         assert closed, "connection kept open after a malformed request"
         if data:
@@ -351,7 +353,8 @@ def test_lenient_but_unambiguous_framing_is_forwarded_as_one_reading(gateway_fac
     with recorder() as rec:
         gw = gateway_factory(SERVICE1_URL=rec.url)
         data, _ = raw_exchange(gw.port, raw_request + FOLLOW_UP.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
-        time.sleep(0.1)
+        sentinel_request(gw.port)
+        assert rec.requests.pop().target == b"/api/sentinel", [r.head for r in rec.requests]
         assert rec.malformed == [], rec.malformed
         responses = parse_responses_strict(data)
         assert responses, "no answer"
@@ -416,7 +419,8 @@ def test_trailer_fields_never_carry_framing_upstream(gateway_factory, trailer):
             + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n" + trailer + b"\r\nX-Checksum: 1\r\n\r\n",
         )
         [(status, _, _)] = parse_responses_strict(data)
-        time.sleep(0.05)
+        sentinel_request(gw.port)
+        assert rec.requests.pop().target == b"/api/sentinel", [r.head for r in rec.requests]
         assert rec.malformed == [], rec.malformed
         if status == 400:
             assert rec.requests == []

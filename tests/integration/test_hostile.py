@@ -30,7 +30,7 @@ from tests.backends import (
     recorder,
     running,
 )
-from tests.integration.helpers import error_json, read_until_closed, request
+from tests.integration.helpers import error_json, read_until_closed, request, sentinel_request, wait_for
 from tests.integration.test_failures import _read_head, assert_error, wait_pool_settled
 
 
@@ -84,7 +84,8 @@ def test_slow_uploaders_never_starve_ordinary_gets(gateway_factory):
         feeder = threading.Thread(target=dribble)
         feeder.start()
         try:
-            time.sleep(0.5)  # the uploads are under way
+            # the uploads are under way: the gateway holds all eight client connections
+            assert wait_for(lambda: gw.call(lambda: len(gw.server.gw.connections)) >= len(uploaders))
             latencies: list[tuple[int, float]] = []
             lock = threading.Lock()
 
@@ -116,7 +117,8 @@ def test_pause_in_request_body_is_408_then_close(gateway_factory):
     GATEWAY_CLIENT_BODY_TIMEOUT; then 408 request_timeout (nothing answered yet) and
     close, long before GATEWAY_UPSTREAM_TIMEOUT; the backend sees nothing."""
     with recorder() as rec:
-        gw = gateway_factory(SERVICE1_URL=rec.url, GATEWAY_CLIENT_BODY_TIMEOUT="0.5")
+        body_timeout_s = 0.5
+        gw = gateway_factory(SERVICE1_URL=rec.url, GATEWAY_CLIENT_BODY_TIMEOUT=str(body_timeout_s))
         t0 = time.monotonic()
         data, closed = raw_exchange(
             gw.port, b"POST /api/service1/x HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\n0123456789", timeout=5
@@ -124,7 +126,7 @@ def test_pause_in_request_body_is_408_then_close(gateway_factory):
         took = time.monotonic() - t0
         assert closed and status_of(data) == 408, data
         assert error_json(body_of(data))["error"] == "request_timeout"
-        assert 0.5 <= took < 0.5 * 6, took
+        assert body_timeout_s <= took < 6 * body_timeout_s, took
         assert rec.server is not None and rec.server.connections == 0
 
 
@@ -137,8 +139,10 @@ def test_large_body_goes_upstream_once_the_buffer_is_full_and_arrives_whole(gate
         with connect(gw.port) as s:
             s.sendall(b"POST /api/service1/upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 300000\r\n"
                       b"Connection: close\r\n\r\n" + b"y" * 1000)
-            time.sleep(0.3)
-            assert server.connections == 0, "a backend connection was taken before 1024 body bytes were at hand"
+            # The client pauses mid-body. A sentinel request on another connection is answered after
+            # the gateway has read these bytes: a connection taken for them would be a second one.
+            sentinel_request(gw.port)
+            assert server.connections == 1, "a backend connection was taken before 1024 body bytes were at hand"
             s.sendall(b"y" * 299_000)
             data, _ = read_until_closed(s)
         assert status_of(data) == 200 and body_of(data) == b"received 300000", data
@@ -164,12 +168,14 @@ def test_expect_100_continue_is_answered_before_the_body_is_read(gateway_factory
             s.settimeout(3)
             first = s.recv(100)
             assert first.startswith(b"HTTP/1.1 100 "), first
-            time.sleep(0.2)
-            assert rec.server is not None and rec.server.connections == 0, "connected before the body was read"
+            # The client pauses before its body. A sentinel request on another connection is answered
+            # after the 100 was sent: a connection taken for this request would be a second one.
+            sentinel_request(gw.port)
+            assert rec.server is not None and rec.server.connections == 1, "connected before the body was read"
             s.sendall(b"hello")
             data, _ = read_until_closed(s)
         assert status_of(data) == 200 and body_of(data) == b"got 5", data
-        assert [r.body for r in rec.requests] == [b"hello"]
+        assert [r.body for r in rec.requests] == [b"", b"hello"]  # the sentinel's, then this one
 
 
 # =====================================================================================
@@ -196,7 +202,7 @@ def flaky_recording_handler(seed: int, processed: collections.Counter[bytes]) ->
                 processed[req.target] += 1
             rc.sock.sendall(http_response(200, req.target + b" " + req.body))
         if how == "pause":
-            time.sleep(pause)
+            time.sleep(pause)  # behaviour: the backend pauses before closing
         elif how == "on_next":
             rc.read_until(b"\r\n\r\n", 1 << 20)
 
@@ -266,8 +272,12 @@ def test_put_is_resent_at_most_once(gateway_factory):
         gw = gateway_factory(SERVICE1_URL=f"http://127.0.0.1:{port}", GATEWAY_POOL_IDLE_TIMEOUT="30")
         assert request(gw.port, "GET", "/api/service1/a")[0] == 200
         assert_error(request(gw.port, "PUT", "/api/service1/doc", body=b'{"v": 1}'), 502, "bad_gateway")
-        time.sleep(0.2)  # a (wrong) second resend would have arrived by now
-        assert log == [(0, b"GET /api/a HTTP/1.1"), (0, b"PUT /api/doc HTTP/1.1"), (1, b"PUT /api/doc HTTP/1.1")]
+        # A sentinel ordered after any (wrong) second resend: the next request to the same backend
+        # (unanswered too, so 502). A resend goes out before the 502 is answered: it would come first.
+        assert_error(request(gw.port, "GET", "/api/service1/after"), 502, "bad_gateway")
+        assert wait_for(lambda: [line for _, line in log].count(b"GET /api/after HTTP/1.1") >= 1), log
+        assert log[:3] == [(0, b"GET /api/a HTTP/1.1"), (0, b"PUT /api/doc HTTP/1.1"), (1, b"PUT /api/doc HTTP/1.1")]
+        assert [line for _, line in log[3:]] in ([b"GET /api/after HTTP/1.1"], [b"GET /api/after HTTP/1.1"] * 2), log
         wait_pool_settled(gw)
 
 

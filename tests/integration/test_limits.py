@@ -17,7 +17,14 @@ from typing import Any
 import pytest
 
 from tests.backends import backend
-from tests.integration.helpers import error_json, read_response, read_until_closed, request, split_responses
+from tests.integration.helpers import (
+    error_json,
+    read_response,
+    read_until_closed,
+    request,
+    sentinel_request,
+    split_responses,
+)
 
 LIMIT = 1000
 
@@ -51,8 +58,10 @@ def test_content_length_over_limit_is_413_before_backend(gateway_factory):
             assert_error_response(*read_response(s, 2), 413, "payload_too_large")
         status, headers, body = request(gw.port, "POST", "/api/service1/echo", body=b"b" * (LIMIT + 1))
         assert_error_response(status, {k.lower(): v for k, v in headers.items()}, body, 413, "payload_too_large")
-        time.sleep(0.1)
-        assert be.seen == [] and be.connections == 0
+        # the gateway holds no backend connection, and a sentinel is the backend's first request
+        assert gw.call(lambda: gw.server.gw.pools["service1"].idle + gw.server.gw.pools["service1"].busy) == 0
+        sentinel_request(gw.port)
+        assert [seen.target for seen in be.seen] == ["/api/sentinel"] and be.connections == 1
 
 
 def test_expect_100_continue_over_limit_is_413_at_once(gateway_factory):
@@ -77,17 +86,16 @@ def test_chunked_body_over_limit_is_413_counted_while_streaming(gateway_factory)
         with connect(gw.port) as s:
             s.sendall(b"POST /api/service1/echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
             s.sendall(b"%x\r\n%s\r\n" % (600, b"a" * 600))
-            time.sleep(0.05)
+            time.sleep(0.05)  # behaviour: the body streams in separate writes
             s.sendall(b"%x\r\n%s\r\n" % (600, b"b" * 600))
-            time.sleep(0.05)
+            time.sleep(0.05)  # behaviour: the body streams in separate writes
             try:
                 s.sendall(chunked(b"c" * 600))
             except OSError:
                 pass  # the gateway may already have answered and closed
             assert_error_response(*read_response(s, 2), 413, "payload_too_large")
-        time.sleep(0.2)
-        assert be.seen == []
-        assert request(gw.port, "GET", "/api/service1/echo")[0] == 200, "no recovery after the 413"
+        sentinel_request(gw.port)  # no recovery after the 413 would fail here
+        assert [seen.target for seen in be.seen] == ["/api/sentinel"], "the over-limit body reached the backend"
 
 
 def test_body_exactly_at_limit_passes(gateway_factory):
@@ -144,7 +152,7 @@ def test_head_over_max_header_bytes_in_pieces_is_431(gateway_factory):
             try:
                 for i in range(8):
                     s.sendall(b"X-H%d: %s\r\n" % (i, b"a" * 1000))
-                    time.sleep(0.01)
+                    time.sleep(0.01)  # behaviour: the head arrives in separate writes
                 s.sendall(b"\r\n")
             except OSError:
                 pass  # closed after the 431, as it should be
@@ -168,29 +176,31 @@ def test_partial_head_past_header_timeout_is_408_then_close(gateway_factory):
     """Errors: client too slow to send its request head -> 408 request_timeout, then close
     (GATEWAY_CLIENT_HEADER_TIMEOUT)."""
     with backend() as be:
-        gw = gateway_factory(SERVICE1_URL=be.url, GATEWAY_CLIENT_HEADER_TIMEOUT="0.5")
+        header_timeout_s = 0.5
+        gw = gateway_factory(SERVICE1_URL=be.url, GATEWAY_CLIENT_HEADER_TIMEOUT=str(header_timeout_s))
         with connect(gw.port) as s:
             t0 = time.monotonic()
             s.sendall(b"GET /api/service1/echo HTTP/1.1\r\nHost: t\r\n")  # no blank line: stalls
-            data, closed = read_until_closed(s, 3)
+            data, closed = read_until_closed(s, 6 * header_timeout_s)
             elapsed = time.monotonic() - t0
         [(status, headers, body)] = split_responses(data)
         assert_error_response(status, headers, body, 408, "request_timeout")
         assert closed
-        assert 0.4 <= elapsed < 1.5, elapsed
+        assert 0.8 * header_timeout_s <= elapsed < 3 * header_timeout_s, elapsed
         assert be.seen == []
 
 
 def test_silent_connection_closed_after_header_timeout(gateway_factory):
     """Configuration: GATEWAY_CLIENT_HEADER_TIMEOUT bounds a connection that sends nothing:
     it is closed (at most with a 408, never held open)."""
-    gw = gateway_factory(GATEWAY_CLIENT_HEADER_TIMEOUT="0.5")
+    header_timeout_s = 0.5
+    gw = gateway_factory(GATEWAY_CLIENT_HEADER_TIMEOUT=str(header_timeout_s))
     with connect(gw.port) as s:
         t0 = time.monotonic()
-        data, closed = read_until_closed(s, 3)
+        data, closed = read_until_closed(s, 6 * header_timeout_s)
         elapsed = time.monotonic() - t0
     assert closed, "a silent connection was held open past the header timeout"
-    assert 0.4 <= elapsed < 1.5, elapsed
+    assert 0.8 * header_timeout_s <= elapsed < 3 * header_timeout_s, elapsed
     if data:
         [(status, headers, body)] = split_responses(data)
         assert_error_response(status, headers, body, 408, "request_timeout")
@@ -198,16 +208,17 @@ def test_silent_connection_closed_after_header_timeout(gateway_factory):
 
 def test_idle_keepalive_connection_closed_after_keepalive_timeout(gateway_factory):
     """Configuration: GATEWAY_KEEPALIVE_TIMEOUT is how long an idle client connection is kept."""
-    gw = gateway_factory(GATEWAY_KEEPALIVE_TIMEOUT="0.5")
+    keepalive_timeout_s = 0.5
+    gw = gateway_factory(GATEWAY_KEEPALIVE_TIMEOUT=str(keepalive_timeout_s))
     with connect(gw.port) as s:
         s.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
         status, headers, _ = read_response(s, 2)
         assert status == 200 and headers.get("connection", "").lower() != "close"
         t0 = time.monotonic()
-        data, closed = read_until_closed(s, 3)
+        data, closed = read_until_closed(s, 6 * keepalive_timeout_s)
         elapsed = time.monotonic() - t0
     assert closed and data == b"", data
-    assert 0.4 <= elapsed < 1.5, elapsed
+    assert 0.8 * keepalive_timeout_s <= elapsed < 3 * keepalive_timeout_s, elapsed
 
 
 # --- malformed requests -------------------------------------------------------------
@@ -249,10 +260,11 @@ def test_malformed_request_is_400_then_close(gateway_factory, raw_request):
         responses = split_responses(data)
         status, headers, body = responses[0]
         assert_error_response(status, headers, body, 400, "bad_request")
-        time.sleep(0.1)
-        assert [(seen.method, seen.target) for seen in be.seen] == []
+        held = gw.call(lambda: gw.server.gw.pools["service1"].idle + gw.server.gw.pools["service1"].busy)
+        sentinel_request(gw.port)
+        assert [(seen.method, seen.target) for seen in be.seen] == [("GET", "/api/sentinel")]
         if b"Content-Length: 5\r\nTransfer-Encoding" in raw_request:
-            assert be.connections == 0, "a request with ambiguous framing was sent upstream"
+            assert held == 0 and be.connections == 1, "a request with ambiguous framing was sent upstream"
         assert len(responses) == 1, [r[0] for r in responses]
         assert closed, "connection kept open after a 400"
 
@@ -272,8 +284,8 @@ def test_ambiguous_framing_cannot_smuggle_a_request(gateway_factory):
             data, closed = read_until_closed(s, 2)
         status, headers, body = split_responses(data)[0]
         assert_error_response(status, headers, body, 400, "bad_request")
-        time.sleep(0.1)
-        assert [seen.target for seen in be.seen] == [], "a request hidden in the body was forwarded"
+        sentinel_request(gw.port)
+        assert [seen.target for seen in be.seen] == ["/api/sentinel"], "a request hidden in the body was forwarded"
         assert closed
 
 

@@ -1,4 +1,4 @@
-"""A real Prometheus scrapes a two-worker gateway (CONTRACT.md, Workers; issue 11).
+"""A real Prometheus scrapes a two-worker gateway (docs/workers.md, Metrics; issue 11).
 
 Debian's ``prometheus`` package (``.ci/run`` installs it) runs on loopback
 with a temporary storage directory and a short scrape interval; the test asks
@@ -11,7 +11,6 @@ import json
 import shutil
 import subprocess
 import tempfile
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -66,9 +65,8 @@ def test_prometheus_sums_every_workers_requests() -> None:
             # every request the gateway answered: the N, and Prometheus' scrapes before the latest one
             scrapes = 'count_over_time(up{job="gateway"}[1h])'
             accounted = f"sum(gateway_requests_total) - sum({scrapes})"
-            deadline = time.monotonic() + 30
-            while (value := _query(prom_port, accounted)) != n - 1 and time.monotonic() < deadline:
-                time.sleep(0.5)
+            wait_for(lambda: _query(prom_port, accounted) == n - 1, 30)
+            value = _query(prom_port, accounted)
             assert value == n - 1, (value, _query(prom_port, "sum by (service, code) (gateway_requests_total)"))
             assert _query(prom_port, 'min_over_time(up{job="gateway"}[1h])') == 1
         finally:

@@ -1,4 +1,4 @@
-"""Extras: ``/api/gateway/docs`` is Swagger UI 5 (CONTRACT.md, Extras), served by
+"""Extras: ``/api/gateway/docs`` is Swagger UI 5 (docs/extras.md), served by
 the gateway from npm's ``swagger-ui-dist``, vendored unmodified with its
 checksums (``gateway/static/swagger-ui/MANIFEST.json``).
 

@@ -1,4 +1,4 @@
-"""CONTRACT.md, Workers: several worker processes are one gateway to the outside.
+"""Workers (docs/workers.md): several worker processes are one gateway to the outside.
 
 Real ``python -m gateway`` processes on loopback. Counts reach every worker's
 view within about a second (snapshots): the tests poll for the condition with
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.backends import backend, free_port
-from tests.integration.helpers import get_json, request, wait_for
+from tests.integration.helpers import get_json, request, wait_for, wait_listening
 from tests.integration.test_observability import fetch_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,9 +34,7 @@ def workers_process(
     preexec: Any = None, stdout: Any = None, **env: str
 ) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
     """``python -m gateway`` with its output in a file (or ``stdout``); killed at the end if still running."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     full_env = {**os.environ, "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port),
                 "GATEWAY_SERVICES": "service1", "GATEWAY_WORKERS": "2", **env}
     with tempfile.TemporaryDirectory() as tmp:
@@ -45,15 +43,7 @@ def workers_process(
             proc = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=ROOT, env=full_env,
                                     stdout=stdout or out, stderr=subprocess.DEVNULL, preexec_fn=preexec)
         try:
-            deadline = time.monotonic() + 15
-            while True:
-                assert proc.poll() is None, log_path.read_text()
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                        break
-                except OSError:
-                    assert time.monotonic() < deadline, "the gateway did not start listening"
-                    time.sleep(0.05)
+            wait_listening(proc, port, log_path.read_text)
             yield proc, port, log_path
         finally:
             if proc.poll() is None:
@@ -168,7 +158,7 @@ def test_access_lines_stay_whole_with_two_workers_on_one_pipe() -> None:
                 buf += chunk
                 *full, buf = buf.split(b"\n")
                 lines.extend(full)
-                time.sleep(0.0005)
+                time.sleep(0.0005)  # behaviour: a slow reader
         if buf:
             lines.append(buf)
 
