@@ -206,7 +206,8 @@ class ClientConnection(H11Protocol):
                 if match.endpoint == "dashboard_redirect":
                     self._redirect(request, rec)
                 else:
-                    status, content_type, body, extra = await admin.serve(gw, match.endpoint, request.method, match.rest)
+                    answer = await admin.serve(gw, match.endpoint, request.method, match.rest)
+                    status, content_type, body, extra = answer
                     self.respond(status, content_type, body, rec, request.method, extra)
             else:
                 route = match.route

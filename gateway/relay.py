@@ -316,7 +316,7 @@ async def _exchange(
             body_task.cancel()
             try:
                 await body_task
-            except BaseException:  # noqa: S110 - its outcome no longer matters
+            except BaseException:
                 pass
 
 

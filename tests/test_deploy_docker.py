@@ -42,11 +42,11 @@ from gateway.config import from_env
 from tests.backends import free_port
 from tests.deploy_helpers import (
     BACKENDS,
-    Built,
     EXAMPLES_DOCKERFILE,
     GATEWAY_DOCKERFILE,
-    Proc,
     ROOT,
+    Built,
+    Proc,
     _check,
     _compose_env,
     _compose_healthcheck_argv,

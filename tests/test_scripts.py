@@ -95,7 +95,7 @@ def test_env_installs_uv_with_pipx_when_there_is_no_pip(tmp_path):
 
 
 def test_env_without_pip_or_pipx_names_the_official_installer(tmp_path):
-    done, calls = run_env(tmp_path, pip=False, pipx=False)
+    done, _calls = run_env(tmp_path, pip=False, pipx=False)
     assert done.returncode == 1 and "uv=" not in done.stdout
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and INSTALLER in lines[0], done.stderr

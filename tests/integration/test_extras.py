@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
-from tests.backends import backend, free_port, raw_server
 from gateway.openapi import FETCH_TIMEOUT_S
+from tests.backends import backend, free_port, raw_server
 from tests.integration.helpers import get_json, request, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

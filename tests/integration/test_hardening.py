@@ -322,7 +322,7 @@ def test_smuggling_attempt_is_rejected_and_nothing_reaches_the_backend(gateway_f
         if data:
             responses = parse_responses_strict(data)
             assert len(responses) == 1, [r[0] for r in responses]
-            status, headers, body = responses[0]
+            status, _headers, body = responses[0]
             assert status in allowed, (status, body)
             doc = error_json(body)
             assert doc["status"] == status
@@ -390,7 +390,7 @@ def test_upstream_request_framing_is_unambiguous(gateway_factory):
             assert status == 200 and resp == b"got %d" % len(body), (raw_request, data)
         assert rec.malformed == [], rec.malformed
         assert len(rec.requests) == len(cases)
-        for (raw_request, body), seen in zip(cases, rec.requests, strict=True):
+        for (_raw_request, body), seen in zip(cases, rec.requests, strict=True):
             cl, te = seen.all(b"content-length"), seen.all(b"transfer-encoding")
             assert len(cl) + len(te) <= 1, seen.head
             assert te in ([], [b"chunked"]), seen.head

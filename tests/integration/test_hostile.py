@@ -91,7 +91,7 @@ def test_slow_uploaders_never_starve_ordinary_gets(gateway_factory):
 
             def get(k: int) -> None:
                 t0 = time.monotonic()
-                status, _, body = request(gw.port, "GET", f"/api/service1/bytes/{k + 1}")
+                status, _, _body = request(gw.port, "GET", f"/api/service1/bytes/{k + 1}")
                 with lock:
                     latencies.append((status, time.monotonic() - t0))
 

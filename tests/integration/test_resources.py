@@ -202,7 +202,7 @@ def test_open_file_soft_limit_is_raised_at_start_up():
     """GATEWAY_MAX_CONNECTIONS (docs/hardening.md, All limits): at start-up the gateway raises its open-file
     soft limit toward the hard limit (one descriptor per connection), so the default cap
     of 20000 connections is not silently cut to the usual soft limit of 1024."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard <= 1024:
         pytest.skip(f"hard open-file limit is {hard}: nothing to raise")
     with running(fast_backend()) as be, gateway_subprocess(soft_nofile=1024, SERVICE1_URL=be.url) as gp:
@@ -358,7 +358,7 @@ def test_near_limit_upload_streams_in_constant_memory():
     with gateway_with_fast_backend(GATEWAY_MAX_BODY_BYTES=str(200 * MiB)) as (be, gp):
         t0 = time.monotonic()
         with RssWatch(gp.pid) as rss:
-            status, body, sent = upload(gp.port, 190 * MiB)
+            status, body, _sent = upload(gp.port, 190 * MiB)
         elapsed = time.monotonic() - t0
         assert status == 200, body
         assert body == b"received %d" % (190 * MiB)
