@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import h11
 
-from gateway import admin
+from gateway import admin, h11fast
 from gateway.accesslog import Record
 from gateway.errors import (
     BadRequest,
@@ -283,6 +283,15 @@ class ClientConnection(H11Protocol):
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return False
         return conn.their_state is h11.DONE
+
+    def take_body(self, most: int) -> bytes:
+        """Up to ``most`` bytes of a Content-Length request body, counted, not
+        parsed (``h11fast.take_received_body``); b"" when none is buffered."""
+        data = h11fast.take_received_body(self.h11, self._buffer, most)
+        if self._reading_paused and not self.closed and len(self._buffer) < self.high_water:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data
 
     # --- responses the gateway makes itself -------------------------------
     def add_response_headers(self, headers: list[Header], rec: Record) -> None:

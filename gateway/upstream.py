@@ -159,12 +159,19 @@ class UpstreamConnection(H11Protocol):
             and not conn.trailing_data[0]
         )
 
-    def send_head(self, request: h11.Request, *, end: bool) -> None:
-        """Write the request head; ``end``: the request has no body (one write for both)."""
+    def send_head(self, request: h11.Request, *, end: bool, body: bytes = b"") -> None:
+        """Write the request head; ``end``: the request has no body (one write for
+        both); ``body``: bytes that follow the head in the same write (not framed)."""
         self.requests += 1
         self.bytes_received = 0
         try:
-            self.write(h11fast.request_head(self.h11, request, end=end))
+            head = h11fast.request_head(self.h11, request, end=end)
+            if body:
+                if self.closed:
+                    raise StreamClosed("connection closed")
+                self.transport.writelines((head, body))  # one send, no copy
+            else:
+                self.write(head)
         except StreamClosed:
             raise UpstreamClosed("upstream connection closed before the request was sent") from None
 
