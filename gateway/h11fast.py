@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import h11
 from h11._headers import Headers
 from h11._readers import ContentLengthReader
+from h11._receivebuffer import ReceiveBuffer
 
 from gateway.headers import FullHeader, Header
 
@@ -111,7 +112,10 @@ def take_received_body(conn: h11.Connection, buffer: bytearray, most: int) -> by
     assert type(reader) is ContentLengthReader
     n = min(most, reader._remaining)
     held = conn._receive_buffer  # type: ignore[attr-defined]
-    if held:
+    if held and len(held) <= n:
+        data = bytes(held)  # all of it: one copy (extracting copies twice)
+        conn._receive_buffer = ReceiveBuffer()  # type: ignore[attr-defined]
+    elif held:
         data = bytes(held.maybe_extract_at_most(n) or b"")
     elif len(buffer) > n:
         data = bytes(buffer[:n])

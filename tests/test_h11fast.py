@@ -97,8 +97,9 @@ def test_end_received_body_is_what_the_reader_reports() -> None:
     assert _states(fast) == _states(ref)
 
 
-@pytest.mark.parametrize("split", [0, 10, 40, 41])
-def test_take_received_body_is_what_the_reader_reports(split: int) -> None:
+@pytest.mark.parametrize("most", [7, 100])
+@pytest.mark.parametrize("split", [0, 10, 30, 40, 41])
+def test_take_received_body_is_what_the_reader_reports(split: int, most: int) -> None:
     # A 30-byte body, then a pipelined request: part of it fed to h11 with
     # the head (``split`` bytes after the head), the rest still in our buffer.
     head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\n\r\n"
@@ -115,7 +116,7 @@ def test_take_received_body_is_what_the_reader_reports(split: int) -> None:
     buffer = bytearray(wire[len(head) + split :])
     taken = b""
     while h11fast.received_body_left(fast):
-        taken += h11fast.take_received_body(fast, buffer, 7)
+        taken += h11fast.take_received_body(fast, buffer, most)
     assert taken == body
     assert _states(fast) == _states(ref)
     # Nothing past the body was taken: the next request parses as h11 has it.
