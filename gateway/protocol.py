@@ -142,7 +142,12 @@ class ClientConnection(H11Protocol):
         cfg = self.gw.config
         loop = asyncio.get_running_loop()
         try:
-            event = self.next_event()
+            # With no byte buffered (ours or h11's) h11 could only say NEED_DATA
+            # (or, after EOF, ConnectionClosed: receive_event below sees that too).
+            if self._buffer or self.h11.trailing_data[0]:
+                event = self.next_event()
+            else:
+                event = h11.NEED_DATA
             if event is h11.NEED_DATA and self.cycles:
                 # Between requests: wait for a first byte up to the keep-alive
                 # timeout. While draining too: this client got a keep-alive
