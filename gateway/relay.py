@@ -92,7 +92,9 @@ async def proxy(client: ClientConnection, request: h11.Request, match: Match, re
     held: bytes = b""
     complete = True  # the whole body is held (or there is none)
     if not has_body:
-        client.finish_empty_body()
+        # No body (Content-Length 0 in h11's framing): its end is known now,
+        # as h11's ContentLengthReader(0) would report it on the next read.
+        h11fast.end_received_body(client.h11)
     else:
         # Admission (CONTRACT.md, Forwarding): read the body, or its first
         # GATEWAY_REQUEST_BUFFER_BYTES, before a backend connection is taken, so a
