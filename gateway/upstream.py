@@ -93,6 +93,7 @@ class UpstreamConnection(H11Protocol):
         loop = asyncio.get_running_loop()
         self._loop_time = loop.time
         self._sink = sink
+        sink.on_resume_writing = self._sink_resumed
         self._body_left = length
         self._last_progress = loop.time()
         self.relayed = 0
@@ -105,10 +106,7 @@ class UpstreamConnection(H11Protocol):
                     raise StreamClosed("client connection closed")
                 if self._sink_paused:
                     await sink.drain(loop.time() + timeout_s)
-                    self._sink_paused = False
-                    if not self.closed:
-                        self.transport.resume_reading()
-                    self._last_progress = loop.time()
+                    self._sink_resumed()  # (already done when resume_writing called it)
                     continue
                 if self.eof:
                     raise UpstreamClosed("upstream closed mid-response")
@@ -123,6 +121,7 @@ class UpstreamConnection(H11Protocol):
                     self._data_waiter = None
         finally:
             self.relayed = length - self._body_left
+            sink.on_resume_writing = None
             self._sink = None
             self._body_left = 0
             if self._sink_paused:
@@ -131,6 +130,15 @@ class UpstreamConnection(H11Protocol):
                     self.transport.resume_reading()
         h11fast.end_received_body(self.h11)
         return length
+
+    def _sink_resumed(self) -> None:
+        """The client's transport took its buffer: read the backend again at once,
+        from ``resume_writing``, not a loop iteration later in relay_body."""
+        if self._sink_paused:
+            self._sink_paused = False
+            if not self.closed:
+                self.transport.resume_reading()
+            self._last_progress = self._loop_time()
 
     @property
     def reused(self) -> bool:
