@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import threading
 import time
 from typing import Any
 
-from tests.backends import RawConn, RawServer, fast_backend, http_response, read_request_body, read_request_head
+from tests.backends import RawServer, fast_backend, flaky_keepalive_handler
 from tests.integration.helpers import request
 
 
@@ -119,34 +118,9 @@ def slow_uploaders(gateway_path: str | None) -> dict[str, Any]:
     }
 
 
-def flaky_handler(seed: int, processed: collections.Counter[bytes]) -> Any:
-    rng = random.Random(seed)
-    rng_lock = threading.Lock()
-
-    def handler(rc: RawConn, server: RawServer) -> None:
-        with rng_lock:
-            budget = rng.randint(1, 3)
-            how = rng.choice(["now", "pause", "on_next"])
-            pause = rng.uniform(0.0, 0.02)
-        for _ in range(budget):
-            req = read_request_head(rc)
-            if req is None:
-                return
-            read_request_body(rc, req)
-            with server.lock:
-                processed[req.target] += 1
-            rc.sock.sendall(http_response(200, b"ok"))
-        if how == "pause":
-            time.sleep(pause)
-        elif how == "on_next":
-            rc.read_until(b"\r\n\r\n", 1 << 20)
-
-    return handler
-
-
 def random_closes(gateway_path: str | None) -> dict[str, Any]:
     processed: collections.Counter[bytes] = collections.Counter()
-    server = RawServer(flaky_handler(10, processed)).start()
+    server = RawServer(flaky_keepalive_handler(10, processed)).start()
     proc, port = start_gateway(server.url, gateway_path)
     statuses: collections.Counter[int] = collections.Counter()
     lock = threading.Lock()

@@ -12,6 +12,7 @@ connection is bounded by ``HIGH_WATER`` plus one read, whatever the body size.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import h11
@@ -37,6 +38,7 @@ class H11Protocol(asyncio.Protocol):
         self._writing_paused = False
         self._data_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
+        self.on_resume_writing: Callable[[], None] | None = None  # a relay reading into us
 
     # --- asyncio.Protocol -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -68,6 +70,8 @@ class H11Protocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        if self.on_resume_writing is not None:
+            self.on_resume_writing()
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

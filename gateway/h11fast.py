@@ -28,6 +28,8 @@ from collections.abc import Sequence
 
 import h11
 from h11._headers import Headers
+from h11._readers import ContentLengthReader
+from h11._receivebuffer import ReceiveBuffer
 
 from gateway.headers import FullHeader, Header
 
@@ -96,3 +98,37 @@ def end_received_body(conn: h11.Connection) -> None:
     """Every byte of the peer's Content-Length body came in: its EndOfMessage,
     as h11's ContentLengthReader reports it at that point."""
     conn._process_event(conn.their_role, h11.EndOfMessage())
+
+
+def take_received_body(conn: h11.Connection, buffer: bytearray, most: int) -> bytes:
+    """Up to ``most`` bytes of the peer's Content-Length body, counted, not
+    parsed: what h11 already holds first, then ``buffer`` (bytes received
+    after it, never fed to h11); b"" when neither holds any. The reader's
+    count goes down by what was taken, as ``ContentLengthReader`` does for
+    each ``Data`` event (which changes no state), and at 0 the EndOfMessage
+    is recorded, so h11 stands exactly where its own reading would leave it.
+    Only while the peer is sending a Content-Length body."""
+    reader = conn._reader  # type: ignore[attr-defined]
+    assert type(reader) is ContentLengthReader
+    n = min(most, reader._remaining)
+    held = conn._receive_buffer  # type: ignore[attr-defined]
+    if held and len(held) <= n:
+        data = bytes(held)  # all of it: one copy (extracting copies twice)
+        conn._receive_buffer = ReceiveBuffer()  # type: ignore[attr-defined]
+    elif held:
+        data = bytes(held.maybe_extract_at_most(n) or b"")
+    elif len(buffer) > n:
+        data = bytes(buffer[:n])
+        del buffer[:n]
+    else:
+        data = bytes(buffer)
+        buffer.clear()
+    reader._remaining -= len(data)
+    if not reader._remaining:
+        end_received_body(conn)
+    return data
+
+
+def received_body_left(conn: h11.Connection) -> int:
+    """Bytes of the peer's Content-Length body not yet taken (0 once it ended)."""
+    return getattr(conn._reader, "_remaining", 0)  # type: ignore[attr-defined,no-any-return]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import h11
 
-from gateway import admin
+from gateway import admin, h11fast
 from gateway.accesslog import Record
 from gateway.errors import (
     BadRequest,
@@ -142,7 +142,12 @@ class ClientConnection(H11Protocol):
         cfg = self.gw.config
         loop = asyncio.get_running_loop()
         try:
-            event = self.next_event()
+            # With no byte buffered (ours or h11's) h11 could only say NEED_DATA
+            # (or, after EOF, ConnectionClosed: receive_event below sees that too).
+            if self._buffer or self.h11.trailing_data[0]:
+                event = self.next_event()
+            else:
+                event = h11.NEED_DATA
             if event is h11.NEED_DATA and self.cycles:
                 # Between requests: wait for a first byte up to the keep-alive
                 # timeout. While draining too: this client got a keep-alive
@@ -289,6 +294,15 @@ class ClientConnection(H11Protocol):
         """RFC 9110 10.1.1: a client waiting on ``Expect: 100-continue`` is told to send the body."""
         if self.h11.client_is_waiting_for_100_continue:
             self.write(self.h11.send(h11.InformationalResponse(status_code=100, headers=(), reason=b"Continue")))
+
+    def take_body(self, most: int) -> bytes:
+        """Up to ``most`` bytes of a Content-Length request body, counted, not
+        parsed (``h11fast.take_received_body``); b"" when none is buffered."""
+        data = h11fast.take_received_body(self.h11, self._buffer, most)
+        if self._reading_paused and not self.closed and len(self._buffer) < self.high_water:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return data
 
     # --- responses the gateway makes itself -------------------------------
     def add_response_headers(self, headers: list[Header], rec: Record) -> None:

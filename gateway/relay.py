@@ -63,6 +63,9 @@ class Downstream(Sink, Protocol):
     h11: h11.Connection  # its state moved by h11fast; _check_chunk reads its chunk reader
     client_ip_bytes: bytes
     trusted: bool
+    eof: bool  # the client half-closed
+
+    def take_body(self, most: int) -> bytes: ...
 
     def finish_empty_body(self) -> bool: ...
 
@@ -116,7 +119,9 @@ async def proxy(client: Downstream, request: h11.Request, match: Match, rec: Rec
     held: bytes = b""
     complete = True  # the whole body is held (or there is none)
     if not has_body:
-        client.finish_empty_body()
+        # No body (Content-Length 0 in h11's framing): its end is known now,
+        # as h11's ContentLengthReader(0) would report it on the next read.
+        h11fast.end_received_body(client.h11)
     else:
         # Admission (CONTRACT.md, Forwarding): read the body, or its first
         # GATEWAY_REQUEST_BUFFER_BYTES, before a backend connection is taken, so a
@@ -194,6 +199,17 @@ async def _admit_body(
     Bounded by the limit, and by GATEWAY_CLIENT_BODY_TIMEOUT between reads; a
     framing error surfaces here, before anything went upstream.
     """
+    if not chunked:
+        # A Content-Length body: bytes to count, not to parse (its length is
+        # within the limit, checked above), taken whole or up to the buffer.
+        assert length is not None
+        want = min(length, buffer_bytes)
+        pieces: list[bytes] = []
+        while want:
+            data = await _counted_piece(client, want, rec)
+            pieces.append(data)
+            want -= len(data)
+        return b"".join(pieces), length <= buffer_bytes
     held: list[bytes] = []
     size = 0
     # A declared length within the buffer is read to its end (its EndOfMessage
@@ -249,6 +265,31 @@ async def _body_event(client: Downstream, limit: int, chunked: bool, rec: Record
     raise BadRequest(f"unexpected {kind.__name__} in request body")  # pragma: no cover
 
 
+async def _counted_piece(client: Downstream, most: int, rec: Record) -> bytes:
+    """The next bytes (up to ``most``) of a Content-Length request body, counted,
+    not parsed (``ClientConnection.take_body``). A pause longer than
+    GATEWAY_CLIENT_BODY_TIMEOUT is 408; a close before the end is h11's error
+    for it, 400, as when h11 reads the body."""
+    data = client.take_body(most)
+    if not data:
+        loop = asyncio.get_running_loop()
+        pause_s = client.gw.config.client_body_timeout_s
+        try:
+            while not data:
+                if client.eof:
+                    client.next_event()  # h11 gets the EOF and reports the short body
+                await client.wait_for_data(loop.time() + pause_s)
+                data = client.take_body(most)
+        except TimeoutError:
+            raise RequestTimeout(f"client paused its request body for more than {pause_s:g}s") from None
+        except h11.RemoteProtocolError as exc:
+            raise BadRequest(f"malformed request body: {exc}") from None
+        except StreamClosed:
+            raise ClientGone() from None
+    rec.bytes_in += len(data)
+    return data
+
+
 # RFC 9112 7.1 leaves the chunk size unbounded; the contract (and nginx, which
 # parses it into an off_t) takes at most 16 hex digits. h11 takes 20.
 MAX_CHUNK_SIZE = 1 << 64
@@ -284,8 +325,14 @@ async def _exchange(
     try:
         if conn.closed:
             raise UpstreamClosed("upstream connection closed before the request was sent") from _UNSENT
-        conn.send_head(head, end=no_body)
-        if not no_body:
+        counted = not no_body and not chunked
+        # A Content-Length body held at hand leaves with the head, uncopied
+        # (counted: h11's writer is told at the end, h11fast.end_sent_body).
+        conn.send_head(head, end=no_body, body=held if counted else b"")
+        if counted:
+            if complete:
+                h11fast.end_sent_body(conn.h11)
+        elif not no_body:
             try:
                 data = conn.h11.send(h11.Data(data=held)) if held else b""
                 if complete:
@@ -294,10 +341,10 @@ async def _exchange(
                     conn.write(data)
             except StreamClosed:
                 raise UpstreamClosed("upstream closed the connection while the request body was sent") from None
-            if not complete:
-                body_task = asyncio.get_running_loop().create_task(
-                    _send_body(client, conn, limit, chunked, timeout_s, rec)
-                )
+        if not complete:
+            body_task = asyncio.get_running_loop().create_task(
+                _send_body(client, conn, limit, chunked, timeout_s, rec)
+            )
         try:
             response = await conn.receive_response(asyncio.get_running_loop().time() + timeout_s)
         except TimeoutError:
@@ -338,6 +385,21 @@ async def _send_body(
     """
     loop = asyncio.get_running_loop()
     try:
+        if not chunked:
+            # Counted, as at admission: bytes to the backend as they come.
+            left = h11fast.received_body_left(client.h11)
+            while left:
+                data = await _counted_piece(client, left, rec)
+                left -= len(data)
+                try:
+                    conn.write(data)
+                    await conn.drain(loop.time() + timeout_s)
+                except TimeoutError:
+                    raise ReadTimeout(f"upstream accepted no body data for {timeout_s:g}s") from None
+                except StreamClosed:
+                    raise UpstreamClosed("upstream closed the connection while the request body was sent") from None
+            h11fast.end_sent_body(conn.h11)
+            return
         while True:
             event = await _body_event(client, limit, chunked, rec)
             try:

@@ -32,6 +32,7 @@ class Sink(Protocol):
     transport: asyncio.Transport
     closed: bool
     _writing_paused: bool  # its transport's buffer is full (flow.H11Protocol.pause_writing)
+    on_resume_writing: Callable[[], None] | None  # called when its transport drains
 
     async def drain(self, deadline: float | None = None) -> None: ...
 
@@ -104,6 +105,7 @@ class UpstreamConnection(H11Protocol):
         loop = asyncio.get_running_loop()
         self._loop_time = loop.time
         self._sink = sink
+        sink.on_resume_writing = self._sink_resumed
         self._body_left = length
         self._last_progress = loop.time()
         self.relayed = 0
@@ -116,10 +118,7 @@ class UpstreamConnection(H11Protocol):
                     raise StreamClosed("client connection closed")
                 if self._sink_paused:
                     await sink.drain(loop.time() + timeout_s)
-                    self._sink_paused = False
-                    if not self.closed:
-                        self.transport.resume_reading()
-                    self._last_progress = loop.time()
+                    self._sink_resumed()  # (already done when resume_writing called it)
                     continue
                 if self.eof:
                     raise UpstreamClosed("upstream closed mid-response")
@@ -134,6 +133,7 @@ class UpstreamConnection(H11Protocol):
                     self._data_waiter = None
         finally:
             self.relayed = length - self._body_left
+            sink.on_resume_writing = None
             self._sink = None
             self._body_left = 0
             if self._sink_paused:
@@ -142,6 +142,15 @@ class UpstreamConnection(H11Protocol):
                     self.transport.resume_reading()
         h11fast.end_received_body(self.h11)
         return length
+
+    def _sink_resumed(self) -> None:
+        """The client's transport took its buffer: read the backend again at once,
+        from ``resume_writing``, not a loop iteration later in relay_body."""
+        if self._sink_paused:
+            self._sink_paused = False
+            if not self.closed:
+                self.transport.resume_reading()
+            self._last_progress = self._loop_time()
 
     @property
     def reused(self) -> bool:
@@ -170,12 +179,19 @@ class UpstreamConnection(H11Protocol):
             and not conn.trailing_data[0]
         )
 
-    def send_head(self, request: h11.Request, *, end: bool) -> None:
-        """Write the request head; ``end``: the request has no body (one write for both)."""
+    def send_head(self, request: h11.Request, *, end: bool, body: bytes = b"") -> None:
+        """Write the request head; ``end``: the request has no body (one write for
+        both); ``body``: bytes that follow the head in the same write (not framed)."""
         self.requests += 1
         self.bytes_received = 0
         try:
-            self.write(h11fast.request_head(self.h11, request, end=end))
+            head = h11fast.request_head(self.h11, request, end=end)
+            if body:
+                if self.closed:
+                    raise StreamClosed("connection closed")
+                self.transport.writelines((head, body))  # one send, no copy
+            else:
+                self.write(head)
         except StreamClosed:
             raise UpstreamClosed("upstream connection closed before the request was sent") from None
 

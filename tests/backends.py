@@ -19,15 +19,18 @@ are raw sockets in threads.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
+import random
+import re
 import select
 import socket
 import struct
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -328,8 +331,6 @@ def free_port() -> int:
 # ambiguous or sloppy upstream request shows up as ``malformed`` instead of being
 # silently "fixed" the way a lenient server would.
 
-import random  # noqa: E402 - appended section, kept self-contained
-import re  # noqa: E402
 
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e\x80-\xff]+) HTTP/1\.1\Z")
@@ -731,11 +732,15 @@ def restartable_handler(rc: RawConn, server: RawServer) -> None:
         rc.sock.sendall(http_response(200, req.target, [(b"X-Generation", b"%d" % gen)]))
 
 
-def flaky_keepalive_handler(seed: int) -> Any:
+def flaky_keepalive_handler(
+    seed: int, processed: collections.Counter[bytes] | None = None, echo: bool = False
+) -> Callable[[RawConn, RawServer], None]:
     """A keep-alive backend that drops its connections at random moments: after 1 to 3
     answered requests it either closes at once, closes after a short pause, or waits
     for the next request and closes without a byte of answer. Never sends
-    ``Connection: close``. ``server.answered`` counts the answers."""
+    ``Connection: close``. ``server.answered`` counts the answers; ``processed``, when
+    given, counts every request answered by target. The answer is the target (with
+    ``echo``: the target, a space and the body)."""
     rng = random.Random(seed)
     rng_lock = threading.Lock()
 
@@ -749,9 +754,11 @@ def flaky_keepalive_handler(seed: int) -> Any:
             if req is None:
                 return
             read_request_body(rc, req)
-            rc.sock.sendall(http_response(200, req.target))
             with server.lock:
-                server.answered = getattr(server, "answered", 0) + 1  # type: ignore[attr-defined]
+                server.answered = getattr(server, "answered", 0) + 1
+                if processed is not None:
+                    processed[req.target] += 1
+            rc.sock.sendall(http_response(200, req.target + b" " + req.body if echo else req.target))
         if how == "pause":
             time.sleep(pause)  # behaviour: the backend keeps the connection a while before closing
         elif how == "on_next":

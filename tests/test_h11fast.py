@@ -97,6 +97,52 @@ def test_end_received_body_is_what_the_reader_reports() -> None:
     assert _states(fast) == _states(ref)
 
 
+@pytest.mark.parametrize("most", [7, 100])
+@pytest.mark.parametrize("split", [0, 10, 30, 40, 41])
+def test_take_received_body_is_what_the_reader_reports(split: int, most: int) -> None:
+    # A 30-byte body, then a pipelined request: part of it fed to h11 with
+    # the head (``split`` bytes after the head), the rest still in our buffer.
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\n\r\n"
+    wire = head + b"b" * 30 + b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n"
+    ref, fast = h11.Connection(h11.SERVER), h11.Connection(h11.SERVER)
+    ref.receive_data(wire)
+    assert type(ref.next_event()) is h11.Request
+    body = b""
+    while type(event := ref.next_event()) is h11.Data:
+        body += event.data
+    assert type(event) is h11.EndOfMessage
+    fast.receive_data(wire[: len(head) + split])
+    assert type(fast.next_event()) is h11.Request
+    buffer = bytearray(wire[len(head) + split :])
+    taken = b""
+    while h11fast.received_body_left(fast):
+        taken += h11fast.take_received_body(fast, buffer, most)
+    assert taken == body
+    assert _states(fast) == _states(ref)
+    # Nothing past the body was taken: the next request parses as h11 has it.
+    fast.receive_data(bytes(buffer))
+    for conn in (ref, fast):
+        conn.send(h11.Response(status_code=200, headers=[(b"Content-Length", b"0")]))
+        conn.send(h11.EndOfMessage())
+        conn.start_next_cycle()
+        request = conn.next_event()
+        assert type(request) is h11.Request
+        assert request.target == b"/next"
+    assert _states(fast) == _states(ref)
+
+
+def test_take_received_body_short_body_is_h11s_error() -> None:
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nab")
+    assert type(conn.next_event()) is h11.Request
+    assert h11fast.take_received_body(conn, bytearray(), 5) == b"ab"
+    assert h11fast.take_received_body(conn, bytearray(), 5) == b""
+    assert h11fast.received_body_left(conn) == 3
+    conn.receive_data(b"")
+    with pytest.raises(h11.RemoteProtocolError, match="received 2 bytes, expected 5"):
+        conn.next_event()
+
+
 def test_error_state_like_send() -> None:
     conn = h11.Connection(h11.SERVER)
     response = h11.Response(status_code=200, headers=[(b"Content-Length", b"1")])

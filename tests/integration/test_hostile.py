@@ -9,7 +9,6 @@ sizes, Host), and the operational endpoints kept to GATEWAY_ADMIN_ALLOW.
 from __future__ import annotations
 
 import collections
-import random
 import socket
 import threading
 import time
@@ -19,18 +18,21 @@ from typing import Any
 import pytest
 
 from tests.backends import (
-    RawConn,
     RawServer,
     backend,
     fast_backend,
-    http_response,
+    flaky_keepalive_handler,
     raw_server,
-    read_request_body,
-    read_request_head,
     recorder,
     running,
 )
-from tests.integration.helpers import error_json, read_until_closed, request, sentinel_request, wait_for
+from tests.integration.helpers import (
+    error_json,
+    read_until_closed,
+    request,
+    sentinel_request,
+    wait_for,
+)
 from tests.integration.test_failures import _read_head, assert_error, wait_pool_settled
 
 
@@ -181,41 +183,13 @@ def test_expect_100_continue_is_answered_before_the_body_is_read(gateway_factory
 # =====================================================================================
 # Resend: one, on a fresh connection, for idempotent requests with their body held
 # =====================================================================================
-def flaky_recording_handler(seed: int, processed: collections.Counter[bytes]) -> Callable[[RawConn, RawServer], None]:
-    """A keep-alive backend that drops its connections at random moments (after 1 to 3
-    answers: at once, after a short pause, or on the next request without a byte of
-    answer) and counts every request it processed (answered), by target."""
-    rng = random.Random(seed)
-    rng_lock = threading.Lock()
-
-    def handler(rc: RawConn, server: RawServer) -> None:
-        with rng_lock:
-            budget = rng.randint(1, 3)
-            how = rng.choice(["now", "pause", "on_next"])
-            pause = rng.uniform(0.0, 0.02)
-        for _ in range(budget):
-            req = read_request_head(rc)
-            if req is None:
-                return
-            read_request_body(rc, req)
-            with server.lock:
-                processed[req.target] += 1
-            rc.sock.sendall(http_response(200, req.target + b" " + req.body))
-        if how == "pause":
-            time.sleep(pause)  # behaviour: the backend pauses before closing
-        elif how == "on_next":
-            rc.read_until(b"\r\n\r\n", 1 << 20)
-
-    return handler
-
-
 def test_backend_closing_idle_connections_at_random_costs_no_put(gateway_factory):
     """Forwarding: when a backend's close races the request on a reused connection,
     an idempotent request whose body is still at hand (PUT, DELETE) goes out again,
     once, on a fresh connection: 300 PUTs with bodies from 10 clients, zero errors,
     and no request processed twice by the backend."""
     processed: collections.Counter[bytes] = collections.Counter()
-    server = RawServer(flaky_recording_handler(7, processed))
+    server = RawServer(flaky_keepalive_handler(7, processed, echo=True))
     errors: list[Any] = []
     lock = threading.Lock()
     with running(server):
