@@ -87,7 +87,7 @@ class Router:
             end = path.find(b"/", pos)
             if end < 0:
                 end = end_of_path
-            node = node.children.get(path[pos:end])  # type: ignore[assignment]
+            node = node.children.get(path[pos:end])  # type: ignore[assignment]  # None ends the walk below
             if node is None:
                 break
             if end == end_of_path and node.exact is not None:

@@ -47,7 +47,7 @@ def full_items(headers: object) -> list[FullHeader]:
     ``_full_items`` has been h11's storage since 0.10; ``raw_items()`` would
     cost a ``lower()`` per header on the hot path.
     """
-    return headers._full_items  # type: ignore[attr-defined,no-any-return]
+    return headers._full_items  # type: ignore[attr-defined,no-any-return]  # h11.Headers keeps raw items privately
 
 
 def connection_tokens(items: Iterable[FullHeader]) -> set[bytes]:

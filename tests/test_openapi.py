@@ -20,7 +20,9 @@ names = st.text(alphabet="abcAB_.-~/0", min_size=1, max_size=6)
 def documents(draw: st.DrawFn) -> dict[str, Any]:
     """An OpenAPI document whose schemas refer to each other under awkward names."""
     keys = draw(st.lists(names, min_size=1, max_size=6, unique=True))
-    ref = lambda k: {"$ref": "#/components/schemas/" + k.replace("~", "~0").replace("/", "~1")}  # noqa: E731
+    def ref(k: str) -> dict[str, str]:
+        return {"$ref": "#/components/schemas/" + k.replace("~", "~0").replace("/", "~1")}
+
     schemas = {k: {"type": "object", "properties": {"to": ref(draw(st.sampled_from(keys))), k: {"type": "string"}}}
                for k in keys}
     paths = {f"/api/{i}": {"get": {"operationId": draw(st.sampled_from(["op", "op_2", "x"])), "responses": {

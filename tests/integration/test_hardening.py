@@ -460,7 +460,7 @@ def test_backend_restarted_on_the_same_port_pool_recovers_without_errors(gateway
     finally:
         first.stop()
     second = RawServer(restartable_handler, port=port)
-    second.generation = 2  # type: ignore[attr-defined]
+    second.generation = 2
     with running(second):
         errors: list[Any] = []
         lock = threading.Lock()
@@ -513,7 +513,7 @@ def test_backend_closing_keepalive_connections_at_random_costs_no_get(gateway_fa
                 try:
                     health.append(get_json(gw.port, "/health")[0])
                 except OSError as exc:
-                    health.append(repr(exc))  # type: ignore[arg-type]
+                    health.append(repr(exc))
                 stop.wait(0.02)
 
         probe = threading.Thread(target=health_probe)
