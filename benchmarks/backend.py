@@ -48,8 +48,17 @@ HEAD, BODY_LENGTH, CHUNK_SIZE, CHUNK_DATA, CHUNK_CRLF, TRAILERS = range(6)
 
 class BackendProtocol(asyncio.Protocol):
     __slots__ = (
-        "transport", "buf", "state", "remaining", "body_len", "method", "target",
-        "close_after", "paused", "pending", "closed",
+        "body_len",
+        "buf",
+        "close_after",
+        "closed",
+        "method",
+        "paused",
+        "pending",
+        "remaining",
+        "state",
+        "target",
+        "transport",
     )
 
     def __init__(self) -> None:
@@ -65,7 +74,8 @@ class BackendProtocol(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:

@@ -62,8 +62,8 @@ def chart(report: dict[str, Any], path: Path) -> None:
     for i, t in enumerate(targets):
         vals = []
         for s in big:
-            r = next((r for r in rows if r.target == t and r.scenario == s), None)
-            vals.append(r.mbps if r and r.mbps is not None else 0)
+            found = next((r for r in rows if r.target == t and r.scenario == s), None)
+            vals.append(found.mbps if found and found.mbps is not None else 0)
         xs = [j + (i - (len(targets) - 1) / 2) * width for j in range(len(big))]
         bars = ax_mb.bar(xs, vals, width, label=TARGET_LABELS[t], color=colors[t])
         ax_mb.bar_label(bars, fmt="%.0f", fontsize=6, padding=1)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.metadata
 import json
 import statistics
 import sys
@@ -105,7 +106,7 @@ def measure(iterations: int = 5000, repeats: int = 7) -> dict[str, object]:
         servers.append(server_side(iterations) / iterations * 1e6)
         clients.append(client_side(iterations) / iterations * 1e6)
     return {
-        "h11_version": h11.__version__,
+        "h11_version": importlib.metadata.version("h11"),
         "python": sys.version.split()[0],
         "iterations": iterations,
         "repeats": repeats,

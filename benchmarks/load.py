@@ -49,7 +49,7 @@ def wrk_script(scenario: Scenario, tmp: Path) -> Path:
     return path
 
 
-def run_wrk(url: str, scenario: Scenario, *, duration: float, timeout: float, cpu: int | None, tmp: Path,
+def run_wrk(url: str, scenario: Scenario, *, duration: float, timeout: float, cpu: int | set[int] | None, tmp: Path,
             threads: int) -> tuple[dict[str, Any], float]:
     """One bounded wrk run; its figures (from report.lua) and wrk's own CPU seconds."""
     cmd = [
@@ -198,5 +198,6 @@ def run_floor(cpu: int | None, quick: bool) -> dict[str, Any]:
     proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=pinned(cpu), cwd=ROOT, timeout=300)
     if proc.returncode != 0:
         raise RuntimeError(f"h11 floor failed: {proc.stderr}")
-    return json.loads(proc.stdout)
+    floor: dict[str, Any] = json.loads(proc.stdout)
+    return floor
 

@@ -37,8 +37,18 @@ from benchmarks.procfs import background_load
 from benchmarks.pyspy import profile
 from benchmarks.report import machine, markdown, versions
 from benchmarks.scaling import scaling
-from benchmarks.targets import (BENCH, HOST, ROOT, TARGETS, Server, available_targets, free_port, http_status, spawn,
-                                start_target)
+from benchmarks.targets import (
+    BENCH,
+    HOST,
+    ROOT,
+    TARGETS,
+    Server,
+    available_targets,
+    free_port,
+    http_status,
+    spawn,
+    start_target,
+)
 
 RESULTS = BENCH / "results"
 
@@ -118,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     table_order = list(scenarios)
     scenarios.sort(key=lambda s: s.concurrency >= STRESS_CONCURRENCY)  # stable: the stress row goes last
     cpus = sorted(os.sched_getaffinity(0))
+    proxy_cpu: int | None
+    load_cpu: int | None
     if len(cpus) >= 2:
         proxy_cpu, load_cpu = cpus[0], cpus[1]
         pinning = (f"pinned: the proxy under test on CPU {proxy_cpu}; wrk, the backend and this script on "
@@ -171,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                 backend.wait_ready("/api/small")
                 direct = backend
             else:
-                direct = Server("direct", None, upstream_port, tmp / "none", "/api/", host=upstream_host)  # type: ignore[arg-type]
+                # Not started by us: no process (stop() and the CPU figures skip a None proc).
+                direct = Server("direct", None, upstream_port, tmp / "none", "/api/", host=upstream_host)  # type: ignore[arg-type]  # proc is None
                 if http_status(upstream_port, args.path, upstream_host) != 200:
                     print(f"benchmark: {args.upstream}{args.path} does not answer 200", file=sys.stderr)
                     return 1
@@ -215,13 +228,14 @@ def main(argv: list[str] | None = None) -> int:
                     server.stop()
                     started.remove(server)
         finally:
-            for s in started:
-                s.stop()
+            for running in started:
+                running.stop()
 
     # The floor is the lower of the two measurements (before the rows, after the gateway's).
     floor = min(floor_runs, key=lambda f: f["floor_us"])
     if len(floor_runs) > 1:
-        print(f"h11 floor after the gateway's rows: {floor_runs[1]['floor_us']:.1f} us; using {floor['floor_us']:.1f} us")
+        after = floor_runs[1]["floor_us"]
+        print(f"h11 floor after the gateway's rows: {after:.1f} us; using {floor['floor_us']:.1f} us")
     # Derived columns: added latency vs direct, multiple of the h11 floor.
     direct_rows = {(r.scenario, r.concurrency): r for r in rows if r.target == "direct"}
     for r in rows:
@@ -262,15 +276,16 @@ def main(argv: list[str] | None = None) -> int:
     json_path.write_text(json.dumps(report, indent=1) + "\n")
     md = markdown(report)
     md_path.write_text(md)
+    chart_path: Path | None = png_path
     try:
         chart(report, png_path)
     except ImportError:
         print("benchmark: matplotlib not installed (uv sync --group bench): no chart", file=sys.stderr)
-        png_path = None  # type: ignore[assignment]
+        chart_path = None
     print()
     print(md)
     print(f"results: {json_path.relative_to(ROOT)}, {md_path.relative_to(ROOT)}"
-          + (f", {png_path.relative_to(ROOT)}" if png_path else ""))
+          + (f", {chart_path.relative_to(ROOT)}" if chart_path else ""))
     return 0
 
 

@@ -33,8 +33,10 @@ TARGET_LABELS = {
     "nginx": "nginx",
 }
 
-TARGET_COLORS = {"direct": "#7f7f7f", "gateway": "#d62728", "gateway-log": "#ff9896", "aiohttp": "#1f77b4", "fastapi": "#2ca02c",
-                 "nginx": "#9467bd"}  # in the chart
+TARGET_COLORS = {  # in the chart
+    "direct": "#7f7f7f", "gateway": "#d62728", "gateway-log": "#ff9896", "aiohttp": "#1f77b4",
+    "fastapi": "#2ca02c", "nginx": "#9467bd",
+}
 
 
 def free_port() -> int:
@@ -107,7 +109,7 @@ class Server:
 def spawn(name: str, cmd: list[str], *, cpu: int | set[int] | None, env: dict[str, str], logdir: Path, port: int,
           prefix: str) -> Server:
     log_path = logdir / f"{name}.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process
+    log = open(log_path, "wb")
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         preexec_fn=pinned(cpu), start_new_session=True,
@@ -127,7 +129,8 @@ def start_target(name: str, *, cpu: int | set[int] | None, logdir: Path, upstrea
             "GATEWAY_PORT": str(port),
             "GATEWAY_SERVICES": "service1",
             "SERVICE1_URL": backend_url,
-            "GATEWAY_ACCESS_LOG": "off" if name == "gateway" else "on",  # on: one JSON line per request to stdout (a file)
+            # on: one JSON line per request to stdout (a file)
+            "GATEWAY_ACCESS_LOG": "off" if name == "gateway" else "on",
             "GATEWAY_LOG_LEVEL": "warning",
             "GATEWAY_WORKERS": str(workers),
         }
@@ -153,13 +156,15 @@ def start_target(name: str, *, cpu: int | set[int] | None, logdir: Path, upstrea
         )
         conf_path = prefix_dir / "nginx.conf"
         conf_path.write_text(conf)
-        cmd = [nginx_path() or "nginx", "-p", str(prefix_dir), "-c", str(conf_path), "-e", str(prefix_dir / "error.log")]
+        cmd = [nginx_path() or "nginx", "-p", str(prefix_dir), "-c", str(conf_path),
+               "-e", str(prefix_dir / "error.log")]
         return spawn(name, cmd, cpu=cpu, env={}, logdir=logdir, port=port, prefix="/api/service1/")
     raise ValueError(name)
 
 
 def nginx_path() -> str | None:
-    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None)
+    candidates = ("/usr/sbin/nginx", "/usr/local/sbin/nginx")
+    return shutil.which("nginx") or next((p for p in candidates if os.path.exists(p)), None)
 
 
 

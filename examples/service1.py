@@ -3,9 +3,11 @@
 Run: uv run --frozen uvicorn examples.service1:app --host 127.0.0.1 --port 8001
 """
 
+from collections.abc import Awaitable, Callable
 from itertools import count
+from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 
 app = FastAPI(title="service1 (orders)")
@@ -28,7 +30,7 @@ for _item, _qty in [("widget", 2), ("gadget", 1)]:
 
 
 @app.middleware("http")
-async def add_service_header(request: Request, call_next):
+async def add_service_header(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     response = await call_next(request)
     response.headers["X-Service"] = "service1"
     return response
@@ -54,7 +56,7 @@ async def get_order(order_id: int) -> Order:
 
 
 @app.api_route("/api/echo", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
-async def echo(request: Request) -> dict:
+async def echo(request: Request) -> dict[str, Any]:
     """Show exactly what reached this backend (e.g. X-Forwarded-For, X-Request-ID)."""
     body = await request.body()
     return {

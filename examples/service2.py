@@ -4,11 +4,12 @@ Run: uv run --frozen uvicorn examples.service2:app --host 127.0.0.1 --port 8002
 """
 
 import hashlib
-from datetime import datetime, timezone
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any
 from uuid import uuid4
 
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Request, Response, UploadFile
 from pydantic import BaseModel
 
 app = FastAPI(title="service2 (notifications)")
@@ -29,18 +30,18 @@ NOTIFICATIONS: list[Notification] = []
 
 
 @app.middleware("http")
-async def add_service_header(request: Request, call_next):
+async def add_service_header(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     response = await call_next(request)
     response.headers["X-Service"] = "service2"
     return response
 
 
 @app.post("/api/notifications/send", status_code=202)
-async def send_notification(notification: NotificationIn) -> dict:
+async def send_notification(notification: NotificationIn) -> dict[str, Any]:
     sent = Notification(
         id=uuid4().hex,
         status="queued",
-        created_at=datetime.now(timezone.utc),
+        created_at=datetime.now(UTC),
         **notification.model_dump(),
     )
     NOTIFICATIONS.append(sent)
@@ -53,7 +54,7 @@ async def list_notifications() -> list[Notification]:
 
 
 @app.post("/api/notifications/attachments", status_code=201)
-async def upload_attachment(to: Annotated[str, Form()], file: Annotated[UploadFile, File()]) -> dict:
+async def upload_attachment(to: Annotated[str, Form()], file: Annotated[UploadFile, File()]) -> dict[str, Any]:
     """A form with a file (multipart/form-data): what a browser's upload form sends."""
     data = await file.read()
     return {

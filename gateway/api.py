@@ -29,7 +29,7 @@ class Match:
 
 
 class _Node:
-    __slots__ = ("children", "prefix", "exact")
+    __slots__ = ("children", "exact", "prefix")
 
     def __init__(self) -> None:
         self.children: dict[bytes, _Node] = {}
@@ -87,7 +87,7 @@ class Router:
             end = path.find(b"/", pos)
             if end < 0:
                 end = end_of_path
-            node = node.children.get(path[pos:end])  # type: ignore[assignment]
+            node = node.children.get(path[pos:end])  # type: ignore[assignment]  # None ends the walk below
             if node is None:
                 break
             if end == end_of_path and node.exact is not None:

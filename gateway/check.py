@@ -68,7 +68,8 @@ async def probe(route: Route, config: Config) -> Probe:
             async with asyncio.timeout(expiry + 1.0):
                 data = await client.read_idle()
         except TimeoutError:
-            return Probe(route, True, f"{head}; keep-alive: idle connection kept > {expiry + 1:g}s (pool idle expiry {expiry:g}s)")
+            kept = f"idle connection kept > {expiry + 1:g}s (pool idle expiry {expiry:g}s)"
+            return Probe(route, True, f"{head}; keep-alive: {kept}")
         held = time.perf_counter() - idle_started
         if data:
             return Probe(route, False, f"{head}; sent unexpected bytes on an idle connection")
@@ -79,7 +80,8 @@ async def probe(route: Route, config: Config) -> Probe:
                 f"{head}; keep-alive: backend closes idle connections after {held:.1f}s, before the pool's"
                 f" idle expiry ({expiry:g}s): set GATEWAY_POOL_IDLE_TIMEOUT below {held:.1f}",
             )
-        return Probe(route, True, f"{head}; keep-alive: idle connection kept {held:.1f}s (pool idle expiry {expiry:g}s)")
+        kept = f"idle connection kept {held:.1f}s (pool idle expiry {expiry:g}s)"
+        return Probe(route, True, f"{head}; keep-alive: {kept}")
     except TimeoutError:
         return Probe(route, False, f"no response within {route.upstream_timeout_s:g}s")
     except (h11.RemoteProtocolError, OSError) as exc:

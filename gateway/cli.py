@@ -39,7 +39,8 @@ def run_worker(config: Config, worker_id: int) -> int:
     try:
         uvloop.run(serve(config, worker_id=worker_id))
     except OSError as exc:
-        print(f"gateway: cannot listen on {authority(config.host, config.port)}: {exc.strerror or exc}", file=sys.stderr)
+        where = authority(config.host, config.port)
+        print(f"gateway: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
 

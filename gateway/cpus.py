@@ -35,7 +35,7 @@ def _cgroup_quota(root: str, proc_cgroup: str) -> float | None:
     quotas = []
     for line in lines:
         files: tuple[str, ...]
-        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        _, controllers, path = [*line.split(":", 2), "", ""][:3]
         if controllers == "":  # v2: "0::/path"
             dirs, files = [root], ("cpu.max",)
         elif "cpu" in controllers.split(","):  # v1: "4:cpu,cpuacct:/path"

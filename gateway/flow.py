@@ -27,7 +27,7 @@ class StreamClosed(Exception):
 class H11Protocol(asyncio.Protocol):
     def __init__(self, conn: h11.Connection) -> None:
         self.h11 = conn
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made, before any use
         self.closed = False  # connection_lost was called
         self.eof = False  # the peer half-closed (or closed)
         self.bytes_received = 0
@@ -42,7 +42,7 @@ class H11Protocol(asyncio.Protocol):
 
     # --- asyncio.Protocol -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # a stream protocol gets a Transport
 
     def data_received(self, data: bytes) -> None:
         self.bytes_received += len(data)
@@ -93,7 +93,7 @@ class H11Protocol(asyncio.Protocol):
             if event is not h11.NEED_DATA:
                 return event
             if self._buffer:
-                conn.receive_data(self._buffer)  # h11 copies it into its own buffer
+                conn.receive_data(self._buffer)  # type: ignore[arg-type]  # any buffer: h11 copies it into its own
                 self._buffer.clear()
                 if self._reading_paused and not self.closed:
                     self._reading_paused = False

@@ -71,7 +71,7 @@ def request_head(conn: h11.Connection, request: h11.Request, *, end: bool) -> by
     a request with validated headers and no body or a Content-Length/chunked
     body the caller frames with h11 afterwards."""
     _process(conn, request)
-    data = _head(b"%s %s HTTP/1.1" % (request.method, request.target), request.headers._full_items)  # type: ignore[attr-defined]
+    data = _head(b"%s %s HTTP/1.1" % (request.method, request.target), request.headers._full_items)
     if end:
         # No body: h11's framing is Content-Length 0, whose writer writes nothing.
         _process(conn, h11.EndOfMessage())
@@ -83,10 +83,10 @@ def response_head(conn: h11.Connection, response: h11.Response) -> bytes | None:
     validated headers, or None when h11 would change its headers (then use
     ``conn.send``): only to add ``Connection: close`` for a client that
     did not ask for keep-alive."""
-    if not conn._cstate.keep_alive:  # type: ignore[attr-defined]
+    if not conn._cstate.keep_alive:
         return None
     _process(conn, response)
-    return _head(b"HTTP/1.1 %d %s" % (response.status_code, response.reason), response.headers._full_items)  # type: ignore[attr-defined]
+    return _head(b"HTTP/1.1 %d %s" % (response.status_code, response.reason), response.headers._full_items)
 
 
 def end_sent_body(conn: h11.Connection) -> None:
@@ -108,13 +108,13 @@ def take_received_body(conn: h11.Connection, buffer: bytearray, most: int) -> by
     each ``Data`` event (which changes no state), and at 0 the EndOfMessage
     is recorded, so h11 stands exactly where its own reading would leave it.
     Only while the peer is sending a Content-Length body."""
-    reader = conn._reader  # type: ignore[attr-defined]
+    reader = conn._reader
     assert type(reader) is ContentLengthReader
     n = min(most, reader._remaining)
-    held = conn._receive_buffer  # type: ignore[attr-defined]
+    held = conn._receive_buffer
     if held and len(held) <= n:
         data = bytes(held)  # all of it: one copy (extracting copies twice)
-        conn._receive_buffer = ReceiveBuffer()  # type: ignore[attr-defined]
+        conn._receive_buffer = ReceiveBuffer()
     elif held:
         data = bytes(held.maybe_extract_at_most(n) or b"")
     elif len(buffer) > n:
@@ -131,4 +131,4 @@ def take_received_body(conn: h11.Connection, buffer: bytearray, most: int) -> by
 
 def received_body_left(conn: h11.Connection) -> int:
     """Bytes of the peer's Content-Length body not yet taken (0 once it ended)."""
-    return getattr(conn._reader, "_remaining", 0)  # type: ignore[attr-defined,no-any-return]
+    return getattr(conn._reader, "_remaining", 0)

@@ -47,7 +47,7 @@ def full_items(headers: object) -> list[FullHeader]:
     ``_full_items`` has been h11's storage since 0.10; ``raw_items()`` would
     cost a ``lower()`` per header on the hot path.
     """
-    return headers._full_items  # type: ignore[attr-defined,no-any-return]
+    return headers._full_items  # type: ignore[attr-defined,no-any-return]  # h11.Headers keeps raw items privately
 
 
 def connection_tokens(items: Iterable[FullHeader]) -> set[bytes]:
@@ -137,6 +137,10 @@ class _RandomHex:
     __slots__ = ("_hex", "_pos")
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the buffered bytes (a forked child must not reuse its parent's)."""
         self._hex = b""
         self._pos = 0
 
@@ -152,7 +156,7 @@ class _RandomHex:
 _random = _RandomHex()
 random_hex = _random.take
 # Forked workers must not hand out the same ids as their siblings.
-os.register_at_fork(after_in_child=_random.__init__)
+os.register_at_fork(after_in_child=_random.reset)
 
 
 def new_request_id() -> bytes:

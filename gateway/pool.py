@@ -41,7 +41,7 @@ class Waiter(Generic[C]):
     """A request queued for a slot. ``granted``: it was handed ``conn``, or a free
     slot to connect in when ``conn`` is None. ``token``: the shell's handle (a future)."""
 
-    __slots__ = ("granted", "conn", "token")
+    __slots__ = ("conn", "granted", "token")
 
     def __init__(self, token: Any = None) -> None:
         self.granted = False
@@ -60,7 +60,7 @@ class PoolCore(Generic[C]):
     ``granted``; the caller takes both (``take_effects``) after each call.
     """
 
-    __slots__ = ("max_connections", "idle_timeout_s", "idle", "total", "waiters", "closed", "to_close", "granted")
+    __slots__ = ("closed", "granted", "idle", "idle_timeout_s", "max_connections", "to_close", "total", "waiters")
 
     def __init__(self, max_connections: int, idle_timeout_s: float) -> None:
         self.max_connections = max_connections

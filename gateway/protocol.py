@@ -187,7 +187,7 @@ class ClientConnection(H11Protocol):
         gw = self.gw
         items = full_items(request.headers)
         # The client is the peer, or behind a trusted proxy the address it names
-        # (CONTRACT.md, Routing): the access log shows it, the admin check uses it.
+        # (docs/hardening.md, Operational endpoints): the access log shows it, the admin check uses it.
         client = forwarded_client(items, self.client_ip, gw.is_trusted) if self.trusted else self.client_ip
         rec = Record(client, request.method, request.target, request_id_of(items))
         self.in_flight = True
@@ -211,7 +211,8 @@ class ClientConnection(H11Protocol):
                 if match.endpoint == "dashboard_redirect":
                     self._redirect(request, rec)
                 else:
-                    status, content_type, body, extra = await admin.serve(gw, match.endpoint, request.method, match.rest)
+                    answer = await admin.serve(gw, match.endpoint, request.method, match.rest)
+                    status, content_type, body, extra = answer
                     self.respond(status, content_type, body, rec, request.method, extra)
             else:
                 route = match.route
@@ -292,7 +293,7 @@ class ClientConnection(H11Protocol):
     def send_continue(self) -> None:
         """RFC 9110 10.1.1: a client waiting on ``Expect: 100-continue`` is told to send the body."""
         if self.h11.client_is_waiting_for_100_continue:
-            self.write(self.h11.send(h11.InformationalResponse(status_code=100, headers=(), reason=b"Continue")))
+            self.write(self.h11.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")))
 
     def take_body(self, most: int) -> bytes:
         """Up to ``most`` bytes of a Content-Length request body, counted, not

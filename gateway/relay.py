@@ -123,7 +123,7 @@ async def proxy(client: Downstream, request: h11.Request, match: Match, rec: Rec
         # as h11's ContentLengthReader(0) would report it on the next read.
         h11fast.end_received_body(client.h11)
     else:
-        # Admission (CONTRACT.md, Forwarding): read the body, or its first
+        # Admission (docs/hardening.md, Body admission): read the body, or its first
         # GATEWAY_REQUEST_BUFFER_BYTES, before a backend connection is taken, so a
         # slow or broken upload never holds one (nginx's client_body_buffer_size).
         client.send_continue()
@@ -165,7 +165,7 @@ async def proxy(client: Downstream, request: h11.Request, match: Match, rec: Rec
             # A pooled connection the backend closed just as we reused it: no
             # byte came back, and the request is idempotent with its body at hand
             # (or nothing of it was written), so it goes out again, once, on a
-            # new connection (CONTRACT.md, Forwarding).
+            # new connection (docs/hardening.md, Resend).
             if (
                 not fresh
                 and conn.reused
@@ -217,7 +217,7 @@ async def _admit_body(
     whole = length is not None and length <= buffer_bytes
     while whole or size < buffer_bytes:
         event = await _body_event(client, limit, chunked, rec)
-        if type(event) is h11.EndOfMessage:
+        if isinstance(event, h11.EndOfMessage):
             # Request trailers are dropped, as nginx does: a backend that
             # merged them into the head would let a client smuggle Host or
             # framing fields past our checks (RFC 9110 6.5.1).
@@ -234,7 +234,7 @@ async def _body_event(client: Downstream, limit: int, chunked: bool, rec: Record
     (nginx's client_body_timeout). For a chunked body each chunk's declared
     size is checked as soon as its size line is parsed: over 16 hex digits is
     400, over what the limit leaves is 413 at once, rather than waiting for
-    bytes that will never be forwarded (CONTRACT.md, Request framing is strict).
+    bytes that will never be forwarded (RFC 9112 7.1; docs/hardening.md, Strict request framing).
     """
     loop = asyncio.get_running_loop()
     pause_s = client.gw.config.client_body_timeout_s
@@ -257,9 +257,9 @@ async def _body_event(client: Downstream, limit: int, chunked: bool, rec: Record
         rec.bytes_in += len(event.data)
         if limit and rec.bytes_in > limit:
             raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-        return event  # type: ignore[no-any-return]
+        return event  # type: ignore[no-any-return]  # h11 types next_event() loosely
     if kind is h11.EndOfMessage:
-        return event  # type: ignore[no-any-return]
+        return event  # type: ignore[no-any-return]  # h11 types next_event() loosely
     if kind is h11.ConnectionClosed:
         raise ClientGone()
     raise BadRequest(f"unexpected {kind.__name__} in request body")  # pragma: no cover
@@ -363,7 +363,7 @@ async def _exchange(
             body_task.cancel()
             try:
                 await body_task
-            except BaseException:  # noqa: S110 - its outcome no longer matters
+            except BaseException:
                 pass
 
 
@@ -508,7 +508,7 @@ async def _relay_response(
                 out.append(hconn.send(head))
                 out.extend(hconn.send(data) for data in held)
                 rec.response_started = True
-            trailers = event.headers if has_te and request.http_version == b"1.1" else ()
+            trailers = event.headers if has_te and request.http_version == b"1.1" else []
             out.append(hconn.send(h11.EndOfMessage(headers=trailers)))
             client.write(b"".join(out))
             rec.bytes_out = sent

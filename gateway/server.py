@@ -18,7 +18,6 @@ from gateway.config import Config, authority
 from gateway.protocol import ClientConnection
 from gateway.state import Gateway
 
-
 SWEEP_INTERVAL_S = 1.0
 ACCEPT_BATCH = 512
 ACCEPT_PAUSE_S = 0.5
@@ -56,6 +55,7 @@ class GatewayServer:
         self._sock: socket.socket | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._accept_paused: asyncio.TimerHandle | None = None
+        self._attaching: set[asyncio.Task[None]] = set()  # accepted sockets being attached
 
     @property
     def port(self) -> int:
@@ -116,7 +116,10 @@ class GatewayServer:
                 self._accept_paused = loop.call_later(ACCEPT_PAUSE_S, self._resume_accepting)
                 return
             conn.setblocking(False)
-            loop.create_task(self._attach(conn))
+            # The loop keeps only a weak reference to a task: hold it until it is done.
+            task = loop.create_task(self._attach(conn))
+            self._attaching.add(task)
+            task.add_done_callback(self._attaching.discard)
 
     async def _attach(self, conn: socket.socket) -> None:
         try:

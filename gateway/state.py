@@ -44,7 +44,7 @@ class Connections(set[Connection]):
         super().add(conn)
         self.empty.clear()
 
-    def discard(self, conn: Connection) -> None:
+    def discard(self, conn: object) -> None:
         super().discard(conn)
         if not self:
             self.empty.set()

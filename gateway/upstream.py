@@ -225,7 +225,7 @@ class UpstreamConnection(H11Protocol):
                 end = len(buf)  # h11 decides (an error, or its size limit)
             else:
                 return h11.NEED_DATA  # the head is not complete yet
-            self.h11.receive_data(buf[:end])
+            self.h11.receive_data(buf[:end])  # type: ignore[arg-type]  # any buffer: h11 copies it
             del buf[:end]
             self._maybe_resume()
             event = self.h11.next_event()

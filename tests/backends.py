@@ -106,7 +106,7 @@ def make_handler(backend_ref: list[Backend], idle_close_s: float | None) -> type
             n = int(self.headers.get("Content-Length") or 0)
             return self.rfile.read(n) if n else b""
 
-        def _send(self, status: int, body: bytes, headers: list[tuple[str, str]] = (), ctype: str = "application/json") -> None:  # type: ignore[assignment]
+        def _send(self, status: int, body: bytes, headers: list[tuple[str, str]] = (), ctype: str = "application/json") -> None:
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             for k, v in headers:
@@ -489,7 +489,7 @@ def read_request_body(rc: RawConn, req: RawRequest, keep: bool = True) -> None:
         req.body = bytes(body)
 
 
-def http_response(status: int, body: bytes = b"", headers: list[tuple[bytes, bytes]] = (), head: bool = False) -> bytes:  # type: ignore[assignment]
+def http_response(status: int, body: bytes = b"", headers: list[tuple[bytes, bytes]] = (), head: bool = False) -> bytes:
     lines = [b"HTTP/1.1 %d %s" % (status, b"OK" if status == 200 else b"X")]
     lines += [k + b": " + v for k, v in headers]
     lines.append(b"Content-Length: %d" % len(body))
@@ -711,13 +711,13 @@ def fast_handler(rc: RawConn, server: RawServer) -> None:
         else:
             read_request_body(rc, req, keep=False)
             with server.lock:
-                server.uploads.append(req.body_len)  # type: ignore[attr-defined]
+                server.uploads.append(req.body_len)
             rc.sock.sendall(http_response(200, b"received %d" % req.body_len))
 
 
 def fast_backend() -> RawServer:
     server = RawServer(fast_handler)
-    server.uploads = []  # type: ignore[attr-defined]
+    server.uploads = []
     return server
 
 

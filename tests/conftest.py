@@ -63,7 +63,7 @@ class RunningGateway:
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` on the gateway's loop and return its result (for inspection)."""
-        fut: asyncio.Future[Any] = asyncio.run_coroutine_threadsafe(_call(fn), self.loop)  # type: ignore[arg-type]
+        fut: asyncio.Future[Any] = asyncio.run_coroutine_threadsafe(_call(fn), self.loop)
         return fut.result(5)
 
 
@@ -81,7 +81,7 @@ def start_gateway(env: dict[str, str]) -> tuple[RunningGateway, Callable[[], Non
     loop.set_exception_handler(lambda _loop, context: errors.append(context))
     server = GatewayServer(
         config,
-        log=Logger(access_log=config.access_log, level="debug", stream=log, recent_size=config.recent_size),  # type: ignore[arg-type]
+        log=Logger(access_log=config.access_log, level="debug", stream=log, recent_size=config.recent_size),
     )
     started = threading.Event()
 

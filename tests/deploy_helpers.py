@@ -23,7 +23,6 @@ import yaml
 
 from tests.integration.helpers import wait_for
 
-
 ROOT = Path(__file__).resolve().parents[1]
 K8S_DIR = ROOT / "deploy" / "kubernetes"
 COMPOSE = ROOT / "compose.yaml"

@@ -42,11 +42,11 @@ from gateway.config import from_env
 from tests.backends import free_port
 from tests.deploy_helpers import (
     BACKENDS,
-    Built,
     EXAMPLES_DOCKERFILE,
     GATEWAY_DOCKERFILE,
-    Proc,
     ROOT,
+    Built,
+    Proc,
     _check,
     _compose_env,
     _compose_healthcheck_argv,
@@ -180,9 +180,9 @@ def test_gateway_dockerfile_specifics() -> None:
     assert first_sync < code_copy
     last_sync = max(n for n, i in enumerate(steps) if i.cmd == "RUN" and "uv sync" in i.args)
     assert code_copy < last_sync and "--no-install-project" not in steps[last_sync].args
-    assert final.last("EXPOSE").args.split()[0].split("/")[0] == "8080"  # type: ignore[union-attr]
-    assert final.last("CMD").exec_form() in (["gateway"], ["python", "-m", "gateway"])  # type: ignore[union-attr]
-    assert "/health" in final.last("HEALTHCHECK").args  # type: ignore[union-attr]
+    assert final.last("EXPOSE").args.split()[0].split("/")[0] == "8080"
+    assert final.last("CMD").exec_form() in (["gateway"], ["python", "-m", "gateway"])
+    assert "/health" in final.last("HEALTHCHECK").args
     # Configuration only through the environment: no backend baked into the image.
     for stage in df.stages:
         for key, _ in _env_pairs(" ".join(i.args for i in stage.all("ENV"))):
@@ -194,8 +194,8 @@ def test_examples_dockerfile_specifics() -> None:
     syncs = [i.args for i in df.stage("builder").all("RUN") if "uv sync" in i.args]
     assert any("--group examples" in s for s in syncs), syncs
     final = df.final
-    assert final.last("EXPOSE").args.split()[0] == "8000"  # type: ignore[union-attr]
-    cmd = final.last("CMD").exec_form()  # type: ignore[union-attr]
+    assert final.last("EXPOSE").args.split()[0] == "8000"
+    cmd = final.last("CMD").exec_form()
     assert cmd[:2] == ["uvicorn", "examples.service1:app"] and "0.0.0.0" in cmd and "8000" in cmd
 
 

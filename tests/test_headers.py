@@ -8,12 +8,20 @@ never with the module's own tables.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from gateway.headers import client_response_headers, request_id_of, upstream_request_headers
+from gateway.headers import (
+    client_response_headers,
+    forwarded_client,
+    request_id_of,
+    upstream_request_headers,
+    valid_host,
+)
 
 Triple = tuple[bytes, bytes, bytes]
 Pair = tuple[bytes, bytes]
@@ -407,11 +415,6 @@ def test_two_set_cookie_headers_stay_two_in_order() -> None:
 
 
 # ------------------------------------------------- Host (RFC 9112 3.2) and the forwarded client
-import ipaddress  # noqa: E402
-
-import pytest  # noqa: E402
-
-from gateway.headers import forwarded_client, valid_host  # noqa: E402
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,6 @@ from gateway.config import from_env
 from gateway.openapi import merge
 from tests.integration.test_extras import check_document
 
-
 names = st.text(alphabet="abcAB_.-~/0", min_size=1, max_size=6)
 
 
@@ -21,7 +20,9 @@ names = st.text(alphabet="abcAB_.-~/0", min_size=1, max_size=6)
 def documents(draw: st.DrawFn) -> dict[str, Any]:
     """An OpenAPI document whose schemas refer to each other under awkward names."""
     keys = draw(st.lists(names, min_size=1, max_size=6, unique=True))
-    ref = lambda k: {"$ref": "#/components/schemas/" + k.replace("~", "~0").replace("/", "~1")}  # noqa: E731
+    def ref(k: str) -> dict[str, str]:
+        return {"$ref": "#/components/schemas/" + k.replace("~", "~0").replace("/", "~1")}
+
     schemas = {k: {"type": "object", "properties": {"to": ref(draw(st.sampled_from(keys))), k: {"type": "string"}}}
                for k in keys}
     paths = {f"/api/{i}": {"get": {"operationId": draw(st.sampled_from(["op", "op_2", "x"])), "responses": {
@@ -42,6 +43,6 @@ def test_merge_never_collides_and_every_reference_resolves(a, b, c):
     merged = doc["components"]["schemas"]
     assert len(merged) == sum(len(d["components"]["schemas"]) for d in (a, b, c))
     for route, original in zip(routes, (a, b, c), strict=True):
-        for key, schema in original["components"]["schemas"].items():
+        for key, _schema in original["components"]["schemas"].items():
             assert key in merged[f"{route.name}.{key}"]["properties"], "each schema kept under its service"
         assert {f"/api/{route.name}/{p[5:]}" for p in original["paths"]} <= set(doc["paths"])

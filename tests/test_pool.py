@@ -10,7 +10,6 @@ idle), and that a waiter giving up never loses the slot it was handed.
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule

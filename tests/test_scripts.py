@@ -95,7 +95,7 @@ def test_env_installs_uv_with_pipx_when_there_is_no_pip(tmp_path):
 
 
 def test_env_without_pip_or_pipx_names_the_official_installer(tmp_path):
-    done, calls = run_env(tmp_path, pip=False, pipx=False)
+    done, _calls = run_env(tmp_path, pip=False, pipx=False)
     assert done.returncode == 1 and "uv=" not in done.stdout
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and INSTALLER in lines[0], done.stderr
@@ -107,7 +107,7 @@ UV_CALL = re.compile(r"(?<![\w`-])uv (sync|run)\b([^\n&|;<>]*)")
 @pytest.mark.parametrize("script", ["demo", "test"])
 def test_scripts_sync_what_they_run(script):
     """The demo installs the gateway and the examples group only (not pytest & co.) and runs
-    without syncing again; the test script syncs the default (dev) group and runs pytest."""
+    without syncing again; the test script syncs the default (dev) group and runs the linters and pytest."""
     text = (ROOT / "scripts" / script).read_text()
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
     calls = [(verb, args.split()) for verb, args in UV_CALL.findall(code)]
@@ -119,7 +119,9 @@ def test_scripts_sync_what_they_run(script):
         assert {"--no-dev", "--group", "examples"} <= set(syncs[0]) and "--all-groups" not in syncs[0]
         assert [args[args.index("--no-sync") + 1] for args in runs] == ["uvicorn", "uvicorn", "gateway"]
     else:
-        assert "--no-dev" not in syncs[0] and runs[0][-2:] == ["pytest", '"$@"']
+        # the linters first, then pytest with the caller's arguments
+        assert [args[args.index("--no-sync") + 1] for args in runs] == ["ruff", "mypy", "pytest"]
+        assert "--no-dev" not in syncs[0] and runs[-1][-2:] == ["pytest", '"$@"']
 
 
 def test_demo_banner_names_the_docs_and_the_dashboard():

@@ -122,14 +122,14 @@ def test_long_access_lines_are_cut_to_pipe_buf_and_writes_carry_whole_lines(tmp_
     path = tmp_path / "log"
     writes: list[int] = []
     with open(path, "wb", buffering=0) as f:
-        log = Logger(stream=io.BufferedWriter(f))  # type: ignore[arg-type]
+        log = Logger(stream=io.BufferedWriter(f))
         real_write = os.write
 
         def counting_write(fd: int, data: bytes) -> int:
             writes.append(len(data))
             return real_write(fd, data)
 
-        os_write, os.write = os.write, counting_write  # type: ignore[assignment]
+        os_write, os.write = os.write, counting_write
         async def burst() -> None:  # one loop iteration: the lines are coalesced
             for i in range(20):
                 rec = Record("127.0.0.1", b"GET", b"/api/svc/" + b"x" * (300 if i < 10 else 9000), b"id-%d" % i)

@@ -15,6 +15,7 @@ Routes ``/api/service1/<rest>`` to ``<backend>/api/<rest>``.
 from __future__ import annotations
 
 import argparse
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -26,7 +27,7 @@ HOP_BY_HOP = {
 
 
 def make_app(backend: str) -> web.Application:
-    async def client_session(app: web.Application):
+    async def client_session(app: web.Application) -> AsyncIterator[None]:
         async with aiohttp.ClientSession(auto_decompress=False) as session:
             app["session"] = session
             yield

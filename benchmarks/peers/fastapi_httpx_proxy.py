@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+from collections.abc import AsyncIterator
 
 import httpx
 from fastapi import FastAPI, Request
@@ -32,7 +33,7 @@ BACKEND = os.environ.get("PROXY_BACKEND", "http://127.0.0.1:9001")
 
 
 @contextlib.asynccontextmanager
-async def lifespan(app: FastAPI):
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with httpx.AsyncClient(base_url=BACKEND) as client:
         app.state.client = client
         yield

@@ -41,7 +41,7 @@ class Browser:
         cmd_r, out_w = high
         self.proc = subprocess.Popen(
             [
-                "bash", "-c", 'exec 3<&"$1" 4>&"$2" {fd_r}<&- {fd_w}>&-; shift 2; exec "$@"'.format(fd_r=cmd_r, fd_w=out_w),
+                "bash", "-c", f'exec 3<&"$1" 4>&"$2" {cmd_r}<&- {out_w}>&-; shift 2; exec "$@"',
                 "bash", str(cmd_r), str(out_w),
                 CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -1,4 +1,4 @@
-"""`gateway check` (CONTRACT.md, Extras): validate, probe each backend once, exit 0/1/2."""
+"""`gateway check` (docs/operations.md, Pre-flight): validate, probe each backend once, exit 0/1/2."""
 
 from __future__ import annotations
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
-from tests.backends import backend, free_port, raw_server
 from gateway.openapi import FETCH_TIMEOUT_S
+from tests.backends import backend, free_port, raw_server
 from tests.integration.helpers import get_json, request, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -270,7 +270,7 @@ def openapi(port: int) -> dict[str, Any]:
     status, headers, body = request(port, "GET", "/api/gateway/openapi.json")
     assert status == 200, body
     assert headers["Content-Type"] == "application/json"
-    return json.loads(body)  # type: ignore[no-any-return]
+    return json.loads(body)
 
 
 # ------------------------------------------------------------ merged document

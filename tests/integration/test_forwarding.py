@@ -15,7 +15,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -566,7 +566,7 @@ def test_expect_100_continue_answered_by_gateway(gateway_factory):
             c.send(http_request("POST", "/api/service1/orders", [
                 ("Host", "h"), ("Content-Type", "application/json"),
                 ("Content-Length", str(len(body))), ("Expect", "100-continue")]))
-            status_line, headers = c.read_head()
+            status_line, _headers = c.read_head()
             assert status_line.startswith(b"HTTP/1.1 100"), status_line
             assert c.buf == b"", "nothing but the 100 may come before the body is sent"
             c.send(body)

@@ -322,7 +322,7 @@ def test_smuggling_attempt_is_rejected_and_nothing_reaches_the_backend(gateway_f
         if data:
             responses = parse_responses_strict(data)
             assert len(responses) == 1, [r[0] for r in responses]
-            status, headers, body = responses[0]
+            status, _headers, body = responses[0]
             assert status in allowed, (status, body)
             doc = error_json(body)
             assert doc["status"] == status
@@ -390,7 +390,7 @@ def test_upstream_request_framing_is_unambiguous(gateway_factory):
             assert status == 200 and resp == b"got %d" % len(body), (raw_request, data)
         assert rec.malformed == [], rec.malformed
         assert len(rec.requests) == len(cases)
-        for (raw_request, body), seen in zip(cases, rec.requests, strict=True):
+        for (_raw_request, body), seen in zip(cases, rec.requests, strict=True):
             cl, te = seen.all(b"content-length"), seen.all(b"transfer-encoding")
             assert len(cl) + len(te) <= 1, seen.head
             assert te in ([], [b"chunked"]), seen.head
@@ -460,7 +460,7 @@ def test_backend_restarted_on_the_same_port_pool_recovers_without_errors(gateway
     finally:
         first.stop()
     second = RawServer(restartable_handler, port=port)
-    second.generation = 2  # type: ignore[attr-defined]
+    second.generation = 2
     with running(second):
         errors: list[Any] = []
         lock = threading.Lock()
@@ -513,7 +513,7 @@ def test_backend_closing_keepalive_connections_at_random_costs_no_get(gateway_fa
                 try:
                     health.append(get_json(gw.port, "/health")[0])
                 except OSError as exc:
-                    health.append(repr(exc))  # type: ignore[arg-type]
+                    health.append(repr(exc))
                 stop.wait(0.02)
 
         probe = threading.Thread(target=health_probe)

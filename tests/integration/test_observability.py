@@ -15,6 +15,7 @@ service.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -244,7 +245,7 @@ def histogram(expo: Exposition, metric: str, service: str) -> tuple[list[tuple[f
     assert les == sorted(les) and len(set(les)) == len(les), les
     assert les[-1] == math.inf, "the last bucket must be le=+Inf"
     counts = [c for _, c in buckets]
-    assert all(a <= b for a, b in zip(counts, counts[1:], strict=False)), f"buckets not cumulative: {counts}"
+    assert all(a <= b for a, b in itertools.pairwise(counts)), f"buckets not cumulative: {counts}"
     total = expo.one(f"{metric}_sum", service=service)
     count = expo.one(f"{metric}_count", service=service)
     assert counts[-1] == count, (counts[-1], count)

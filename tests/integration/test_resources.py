@@ -103,17 +103,17 @@ def test_slowloris_is_cut_off_by_the_header_timeout_while_others_are_served(gate
                     pos += 1
                     next_send += 0.5
                 for key, _ in sel.select(timeout=max(0.0, min(0.05, next_send - time.monotonic()))):
-                    s = key.fileobj  # type: ignore[assignment]
+                    s = key.fileobj
                     try:
-                        chunk = s.recv(65536)  # type: ignore[union-attr]
+                        chunk = s.recv(65536)
                     except BlockingIOError:
                         continue
                     except ConnectionResetError:
                         chunk = b""
                     if chunk:
-                        received[s] += chunk  # type: ignore[index]
+                        received[s] += chunk
                     else:
-                        closed_at[s] = time.monotonic()  # type: ignore[index]
+                        closed_at[s] = time.monotonic()
                         sel.unregister(s)
             stop.set()
             worker.join(10)
@@ -202,7 +202,7 @@ def test_open_file_soft_limit_is_raised_at_start_up():
     """GATEWAY_MAX_CONNECTIONS (docs/hardening.md, All limits): at start-up the gateway raises its open-file
     soft limit toward the hard limit (one descriptor per connection), so the default cap
     of 20000 connections is not silently cut to the usual soft limit of 1024."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard <= 1024:
         pytest.skip(f"hard open-file limit is {hard}: nothing to raise")
     with running(fast_backend()) as be, gateway_subprocess(soft_nofile=1024, SERVICE1_URL=be.url) as gp:
@@ -325,14 +325,14 @@ def test_over_limit_chunked_upload_is_cut_with_413_in_bounded_memory():
     is cut at the limit with 413 payload_too_large, the backend never receives a complete
     request, and the gateway's RSS does not grow (< 30 MiB over the warmed-up baseline)."""
     with gateway_with_fast_backend(GATEWAY_MAX_BODY_BYTES=str(10 * MiB)) as (be, gp):
-        uploads_before = list(be.uploads)  # type: ignore[attr-defined]
+        uploads_before = list(be.uploads)
         t0 = time.monotonic()
         with RssWatch(gp.pid) as rss:
             status, body, sent = upload(gp.port, 300 * MiB, chunked=True)
         elapsed = time.monotonic() - t0
         assert status == 413, body
         assert error_json(body)["error"] == "payload_too_large"
-        assert be.uploads == uploads_before, "a complete over-limit request reached the backend"  # type: ignore[attr-defined]
+        assert be.uploads == uploads_before, "a complete over-limit request reached the backend"
         assert rss.growth_mib < RSS_GROWTH_LIMIT_MIB, f"RSS grew {rss.growth_mib:.1f} MiB (sent {sent / MiB:.0f} MiB)"
         assert elapsed < 15, elapsed
 
@@ -358,11 +358,11 @@ def test_near_limit_upload_streams_in_constant_memory():
     with gateway_with_fast_backend(GATEWAY_MAX_BODY_BYTES=str(200 * MiB)) as (be, gp):
         t0 = time.monotonic()
         with RssWatch(gp.pid) as rss:
-            status, body, sent = upload(gp.port, 190 * MiB)
+            status, body, _sent = upload(gp.port, 190 * MiB)
         elapsed = time.monotonic() - t0
         assert status == 200, body
         assert body == b"received %d" % (190 * MiB)
-        assert be.uploads[-1] == 190 * MiB  # type: ignore[attr-defined]
+        assert be.uploads[-1] == 190 * MiB
         assert rss.growth_mib < RSS_GROWTH_LIMIT_MIB, f"RSS grew {rss.growth_mib:.1f} MiB"
         assert elapsed < 15, elapsed
 

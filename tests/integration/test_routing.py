@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +16,6 @@ import pytest
 
 from tests.backends import backend, free_port
 from tests.integration.helpers import error_json, get_json, request, wait_for
-
 
 
 def rfc3339(value: str) -> datetime:
