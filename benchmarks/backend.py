@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import signal
 import socket
+from typing import cast
 
 SMALL_BODY = b'{"ok":true,"message":"hello from the benchmark backend"}'
 CHUNK = b"x" * (1024 * 1024)
@@ -74,8 +75,8 @@ class BackendProtocol(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A TCP stream's transport (uvloop's is not an asyncio.Transport subclass).
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
