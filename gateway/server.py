@@ -9,6 +9,7 @@ abort what is left. Signals set an ``asyncio.Event`` (``add_signal_handler``).
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 
@@ -187,12 +188,31 @@ class GatewayServer:
 
 
 async def serve(config: Config, *, worker_id: int = 0, sock: socket.socket | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then drain and return."""
+    """Run until SIGTERM or SIGINT, then drain and return. A worker (``GATEWAY_WORKERS``
+    above 1) whose supervisor is gone drains too, as if told SIGTERM: nothing else
+    would ever stop or restart it (a supervisor killed with SIGKILL, say)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = GatewayServer(config, worker_id=worker_id)
     await server.start(sock)
+    if config.workers > 1:
+        _watch_supervisor(server.gw, os.getppid(), stop)
     await stop.wait()
     await server.shutdown()
+
+
+def _watch_supervisor(gw: Gateway, supervisor: int, stop: asyncio.Event) -> None:
+    """Check once per SWEEP_INTERVAL_S that the process that forked this worker is
+    still its parent (an orphan is re-parented); if not, stop."""
+    loop = asyncio.get_running_loop()
+
+    def check() -> None:
+        if os.getppid() != supervisor:
+            gw.log.event("error", "supervisor_gone", worker=gw.worker_id, supervisor=supervisor)
+            stop.set()
+        elif not stop.is_set():
+            loop.call_later(SWEEP_INTERVAL_S, check)
+
+    loop.call_later(SWEEP_INTERVAL_S, check)

@@ -123,6 +123,27 @@ def test_a_worker_killed_with_sigkill_loses_nothing_from_the_totals() -> None:
         assert len([r for r in doc["requests"] if r["service"] == "service1"]) == min(2 * n, 100)
 
 
+def test_workers_whose_supervisor_is_killed_drain_and_exit() -> None:
+    """Workers: a supervisor killed with SIGKILL cannot forward SIGTERM; its workers notice
+    they were orphaned (within a sweep interval) and drain and exit rather than serve on
+    unsupervised, holding the port."""
+    with backend() as be, workers_process(SERVICE1_URL=be.url) as (proc, port, log_path):
+        pids = wait_for(lambda: [e for e in events(log_path) if e["event"] == "supervisor_started"], LAG_S)[0]["pids"]
+        assert workers_answering(port) == {0, 1}
+        proc.kill()
+        proc.wait(10)
+
+        def gone(pid: int) -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        assert wait_for(lambda: all(gone(pid) for pid in pids), 2 * LAG_S), "orphaned workers still running"
+        assert len([e for e in events(log_path) if e["event"] == "supervisor_gone"]) == 2
+
+
 def test_auto_under_a_one_cpu_affinity_starts_one_worker() -> None:
     """GATEWAY_WORKERS=auto counts the CPUs this process may use: with its affinity set to one
     CPU, one worker, and the start-up line says why."""
