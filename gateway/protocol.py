@@ -34,7 +34,8 @@ from gateway.errors import (
 )
 from gateway.flow import HIGH_WATER, H11Protocol, StreamClosed
 from gateway.headers import Header, forwarded_client, full_items, new_request_id, request_id_of
-from gateway.relay import proxy, request_framing
+from gateway.relay import proxy
+from gateway.upload import request_framing
 
 if TYPE_CHECKING:
     from gateway.state import Gateway

@@ -1,15 +1,16 @@
-"""proxy(): the only place body bytes cross between a client and a backend.
+"""proxy(): one request from a client to a backend and its response back.
 
 One request: check the framing and the body limit; admit the body (read it
 whole, or its first GATEWAY_REQUEST_BUFFER_BYTES, before a backend connection
-is taken: a slow or malformed upload never holds or reaches a backend); take a
+is taken: a slow or malformed upload never holds or reaches a backend; the
+request body's side is ``gateway.upload``); take a
 pooled connection, send the head with what is held, stream the rest up (a
 task, so an early response or a 413 is seen at once), wait for the response
 head, stream the body down with backpressure on both sides. Both h11 sides
 DONE: the connection goes back to the pool; anything else: it is closed. A
 reused connection that closes before any response byte gets the request once
 more on a fresh one when it is idempotent with its body held. Errors before
-the first response byte become the contract's JSON errors; after it, the
+the first response byte become the JSON errors of docs/forwarding.md; after it, the
 client connection is closed so a truncated body never looks complete (Go's
 ``ErrAbortHandler``, uvicorn's ``response_started``).
 """
@@ -18,19 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 import h11
 
 from gateway import h11fast
 from gateway.api import Match
 from gateway.errors import (
-    BadRequest,
-    ClientGone,
     GatewayError,
     PayloadTooLarge,
     ReadTimeout,
-    RequestTimeout,
     UpstreamClosed,
 )
 from gateway.flow import StreamClosed
@@ -40,71 +38,16 @@ from gateway.headers import (
     rewrite_location,
     trace_context,
     upstream_request_headers,
-    valid_host,
 )
-from gateway.upstream import Sink, UpstreamConnection
+from gateway.upload import Downstream, admit_body, request_framing, send_body
+from gateway.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
     from gateway.accesslog import Record
-    from gateway.headers import Header
-    from gateway.state import Gateway
 
 # RFC 9110 9.2.2. Only these may go out twice, and only when nothing of the
 # response came back (Go's transport.go shouldRetryRequest).
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
-
-
-class Downstream(Sink, Protocol):
-    """What the relay uses of the client connection (``protocol.ClientConnection``),
-    and nothing else; ``Sink``'s members are what ``relay_body`` writes through.
-    Plain attributes and methods: reaching them through the interface costs nothing."""
-
-    gw: Gateway
-    h11: h11.Connection  # its state moved by h11fast; _check_chunk reads its chunk reader
-    client_ip_bytes: bytes
-    trusted: bool
-    eof: bool  # the client half-closed
-
-    def take_body(self, most: int) -> bytes: ...
-
-    def finish_empty_body(self) -> bool: ...
-
-    def send_continue(self) -> None: ...
-
-    def next_event(self) -> Any: ...
-
-    async def wait_for_data(self, deadline: float | None = None) -> None: ...
-
-    def add_response_headers(self, headers: list[Header], rec: Record) -> None: ...
-
-    def write(self, data: bytes) -> None: ...
-
-
-def request_framing(request: h11.Request) -> tuple[int | None, bool]:
-    """(Content-Length or None, chunked), after RFC 9112's checks of the head: 400 for
-    both framings at once, for Transfer-Encoding in HTTP/1.0, for an invalid Host.
-
-    RFC 9112 6.3: a message with both "ought to be handled as an error"; a
-    proxy that forwarded either reading would desync from the next hop. 6.1:
-    Transfer-Encoding in an HTTP/1.0 request is faulty framing (an HTTP/1.0
-    hop cannot have sent it), so the connection is closed. 3.2: a Host that
-    is not ``uri-host [":" port]`` is a 400.
-    """
-    length: int | None = None
-    chunked = False
-    for _, name, value in full_items(request.headers):
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"transfer-encoding":
-            chunked = True
-        elif name == b"host" and not valid_host(value):
-            raise BadRequest("invalid Host header")
-    if chunked:
-        if length is not None:
-            raise BadRequest("request has both Content-Length and Transfer-Encoding")
-        if request.http_version != b"1.1":
-            raise BadRequest("HTTP/1.0 request with Transfer-Encoding")
-    return length, chunked
 
 
 async def proxy(client: Downstream, request: h11.Request, match: Match, rec: Record) -> None:
@@ -127,7 +70,7 @@ async def proxy(client: Downstream, request: h11.Request, match: Match, rec: Rec
         # GATEWAY_REQUEST_BUFFER_BYTES, before a backend connection is taken, so a
         # slow or broken upload never holds one (nginx's client_body_buffer_size).
         client.send_continue()
-        held, complete = await _admit_body(client, limit, length, chunked, gw.config.request_buffer_bytes, rec)
+        held, complete = await admit_body(client, limit, length, chunked, gw.config.request_buffer_bytes, rec)
 
     items = full_items(request.headers)
     traceparent, trace_id = trace_context(items)
@@ -191,122 +134,6 @@ class _Unsent(Exception):
 _UNSENT = _Unsent()
 
 
-async def _admit_body(
-    client: Downstream, limit: int, length: int | None, chunked: bool, buffer_bytes: int, rec: Record
-) -> tuple[bytes, bool]:
-    """(bytes held, whole body held): the body until it ends or ``buffer_bytes`` are held.
-
-    Bounded by the limit, and by GATEWAY_CLIENT_BODY_TIMEOUT between reads; a
-    framing error surfaces here, before anything went upstream.
-    """
-    if not chunked:
-        # A Content-Length body: bytes to count, not to parse (its length is
-        # within the limit, checked above), taken whole or up to the buffer.
-        assert length is not None
-        want = min(length, buffer_bytes)
-        pieces: list[bytes] = []
-        while want:
-            data = await _counted_piece(client, want, rec)
-            pieces.append(data)
-            want -= len(data)
-        return b"".join(pieces), length <= buffer_bytes
-    held: list[bytes] = []
-    size = 0
-    # A declared length within the buffer is read to its end (its EndOfMessage
-    # included), so a body of exactly GATEWAY_REQUEST_BUFFER_BYTES is held whole.
-    whole = length is not None and length <= buffer_bytes
-    while whole or size < buffer_bytes:
-        event = await _body_event(client, limit, chunked, rec)
-        if isinstance(event, h11.EndOfMessage):
-            # Request trailers are dropped, as nginx does: a backend that
-            # merged them into the head would let a client smuggle Host or
-            # framing fields past our checks (RFC 9110 6.5.1).
-            return b"".join(held), True
-        held.append(event.data)
-        size += len(event.data)
-    return b"".join(held), False
-
-
-async def _body_event(client: Downstream, limit: int, chunked: bool, rec: Record) -> h11.Data | h11.EndOfMessage:
-    """The next piece of the request body, counted against the limit (413).
-
-    A pause longer than GATEWAY_CLIENT_BODY_TIMEOUT between reads is 408
-    (nginx's client_body_timeout). For a chunked body each chunk's declared
-    size is checked as soon as its size line is parsed: over 16 hex digits is
-    400, over what the limit leaves is 413 at once, rather than waiting for
-    bytes that will never be forwarded (RFC 9112 7.1; docs/hardening.md, Strict request framing).
-    """
-    loop = asyncio.get_running_loop()
-    pause_s = client.gw.config.client_body_timeout_s
-    try:
-        while True:
-            event = client.next_event()
-            if event is not h11.NEED_DATA:
-                break
-            if chunked:
-                _check_chunk(client, limit, rec.bytes_in)
-            await client.wait_for_data(loop.time() + pause_s)
-    except TimeoutError:
-        raise RequestTimeout(f"client paused its request body for more than {pause_s:g}s") from None
-    except h11.RemoteProtocolError as exc:
-        raise BadRequest(f"malformed request body: {exc}") from None
-    except StreamClosed:
-        raise ClientGone() from None
-    kind = type(event)
-    if kind is h11.Data:
-        rec.bytes_in += len(event.data)
-        if limit and rec.bytes_in > limit:
-            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-        return event  # type: ignore[no-any-return]  # h11 types next_event() loosely
-    if kind is h11.EndOfMessage:
-        return event  # type: ignore[no-any-return]  # h11 types next_event() loosely
-    if kind is h11.ConnectionClosed:
-        raise ClientGone()
-    raise BadRequest(f"unexpected {kind.__name__} in request body")  # pragma: no cover
-
-
-async def _counted_piece(client: Downstream, most: int, rec: Record) -> bytes:
-    """The next bytes (up to ``most``) of a Content-Length request body, counted,
-    not parsed (``ClientConnection.take_body``). A pause longer than
-    GATEWAY_CLIENT_BODY_TIMEOUT is 408; a close before the end is h11's error
-    for it, 400, as when h11 reads the body."""
-    data = client.take_body(most)
-    if not data:
-        loop = asyncio.get_running_loop()
-        pause_s = client.gw.config.client_body_timeout_s
-        try:
-            while not data:
-                if client.eof:
-                    client.next_event()  # h11 gets the EOF and reports the short body
-                await client.wait_for_data(loop.time() + pause_s)
-                data = client.take_body(most)
-        except TimeoutError:
-            raise RequestTimeout(f"client paused its request body for more than {pause_s:g}s") from None
-        except h11.RemoteProtocolError as exc:
-            raise BadRequest(f"malformed request body: {exc}") from None
-        except StreamClosed:
-            raise ClientGone() from None
-    rec.bytes_in += len(data)
-    return data
-
-
-# RFC 9112 7.1 leaves the chunk size unbounded; the contract (and nginx, which
-# parses it into an off_t) takes at most 16 hex digits. h11 takes 20.
-MAX_CHUNK_SIZE = 1 << 64
-
-
-def _check_chunk(client: Downstream, limit: int, received: int) -> None:
-    # h11's ChunkedReader keeps what is left of the current chunk in
-    # ``_bytes_in_chunk``, set as soon as the size line is parsed (private,
-    # like ``Headers._full_items`` in headers.full_items).
-    left = getattr(client.h11._reader, "_bytes_in_chunk", 0)
-    if left:
-        if left >= MAX_CHUNK_SIZE:
-            raise BadRequest("chunk size over 16 hex digits")
-        if limit and received + left > limit:
-            raise PayloadTooLarge(f"a chunk of the request body is declared over the limit of {limit} bytes")
-
-
 async def _exchange(
     client: Downstream,
     conn: UpstreamConnection,
@@ -343,7 +170,7 @@ async def _exchange(
                 raise UpstreamClosed("upstream closed the connection while the request body was sent") from None
         if not complete:
             body_task = asyncio.get_running_loop().create_task(
-                _send_body(client, conn, limit, chunked, timeout_s, rec)
+                send_body(client, conn, limit, chunked, timeout_s, rec)
             )
         try:
             response = await conn.receive_response(asyncio.get_running_loop().time() + timeout_s)
@@ -373,48 +200,6 @@ def _raise_body_error(body_task: asyncio.Task[None] | None) -> None:
         exc = body_task.exception()
         if exc is not None:
             raise exc
-
-
-async def _send_body(
-    client: Downstream, conn: UpstreamConnection, limit: int, chunked: bool, timeout_s: float, rec: Record
-) -> None:
-    """Stream the rest of a body larger than GATEWAY_REQUEST_BUFFER_BYTES upstream.
-
-    On any failure the upstream connection is aborted so the coroutine
-    waiting for the response wakes up and reports this task's error.
-    """
-    loop = asyncio.get_running_loop()
-    try:
-        if not chunked:
-            # Counted, as at admission: bytes to the backend as they come.
-            left = h11fast.received_body_left(client.h11)
-            while left:
-                data = await _counted_piece(client, left, rec)
-                left -= len(data)
-                try:
-                    conn.write(data)
-                    await conn.drain(loop.time() + timeout_s)
-                except TimeoutError:
-                    raise ReadTimeout(f"upstream accepted no body data for {timeout_s:g}s") from None
-                except StreamClosed:
-                    raise UpstreamClosed("upstream closed the connection while the request body was sent") from None
-            h11fast.end_sent_body(conn.h11)
-            return
-        while True:
-            event = await _body_event(client, limit, chunked, rec)
-            try:
-                if type(event) is h11.EndOfMessage:
-                    conn.write(conn.h11.send(h11.EndOfMessage()))  # trailers dropped (see _admit_body)
-                    return
-                conn.write(conn.h11.send(event))
-                await conn.drain(loop.time() + timeout_s)
-            except TimeoutError:
-                raise ReadTimeout(f"upstream accepted no body data for {timeout_s:g}s") from None
-            except StreamClosed:
-                raise UpstreamClosed("upstream closed the connection while the request body was sent") from None
-    except (GatewayError, ClientGone, StreamClosed, TimeoutError):
-        conn.abort()
-        raise
 
 
 async def _relay_response(

@@ -27,7 +27,7 @@ _HEAD_END = re.compile(b"\n\r?\n")
 
 class Sink(Protocol):
     """Where ``relay_body`` writes a response body: the client connection
-    (``protocol.ClientConnection``, through ``relay.Downstream``)."""
+    (``protocol.ClientConnection``, through ``upload.Downstream``)."""
 
     transport: asyncio.Transport
     closed: bool
