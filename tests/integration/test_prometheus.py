@@ -19,7 +19,7 @@ import pytest
 
 from tests.backends import backend, free_port
 from tests.integration.helpers import request, wait_for
-from tests.integration.test_workers import workers_process
+from tests.integration.test_workers import LAG_S, events, workers_process
 
 PROMETHEUS = shutil.which("prometheus")
 SCRAPE_S = 2  # snapshots are written every second: a scrape sees the one before it
@@ -42,7 +42,7 @@ def test_prometheus_sums_every_workers_requests() -> None:
     gateway_requests_total is the N requests sent plus its own scrapes (each counted by the next one)."""
     assert PROMETHEUS is not None
     n = 50
-    with backend() as be, workers_process(SERVICE1_URL=be.url) as (_, gw_port, _), \
+    with backend() as be, workers_process(SERVICE1_URL=be.url) as (_, gw_port, log_path), \
             tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "prometheus.yml"
         config.write_text(
@@ -57,6 +57,8 @@ def test_prometheus_sums_every_workers_requests() -> None:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
+            # Both workers listening (their start-up lines; a /health probe would be counted too).
+            assert wait_for(lambda: len([e for e in events(log_path) if e["event"] == "started"]) == 2, LAG_S)
             for i in range(n):  # fresh connections: both workers take some
                 assert request(gw_port, "GET", f"/api/service1/orders?i={i}")[0] == 200
             assert wait_for(lambda: _query(prom_port, 'sum(gateway_requests_total{service="service1"})') == n, 60), \
