@@ -12,6 +12,7 @@ import bisect
 import collections
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -281,6 +282,13 @@ def prometheus(workers: list[tuple[int, Metrics, Gauges]], version: str) -> byte
         add(f"# HELP {name} {help_}")
         add(f"# TYPE {name} {kind}")
 
+    def per_worker(*families: tuple[str, str, str, Callable[[Metrics, Gauges], object]]) -> None:
+        """Families with one sample per worker and no other label."""
+        for name, kind, help_, value in families:
+            family(name, kind, help_)
+            for worker, m, g in workers:
+                add(f'{name}{{worker="{worker}"}} {value(m, g)}')
+
     family("gateway_requests_total", "counter", "Requests answered, by service, method and status code.")
     for worker, m, _ in workers:
         for (service, method, code), n in sorted(m.requests.items()):
@@ -303,12 +311,8 @@ def prometheus(workers: list[tuple[int, Metrics, Gauges]], version: str) -> byte
                     add(f'{metric}_bucket{{service="{name}",le="{le}",{w}}} {cumulative}')
                 add(f'{metric}_sum{{service="{name}",{w}}} {hist.total:.6f}')
                 add(f'{metric}_count{{service="{name}",{w}}} {hist.n}')
-    family("gateway_open_connections", "gauge", "Client connections open.")
-    for worker, _, g in workers:
-        add(f'gateway_open_connections{{worker="{worker}"}} {g.connections}')
-    family("gateway_requests_in_flight", "gauge", "Requests being answered.")
-    for worker, _, g in workers:
-        add(f'gateway_requests_in_flight{{worker="{worker}"}} {g.in_flight}')
+    per_worker(("gateway_open_connections", "gauge", "Client connections open.", lambda m, g: g.connections),
+               ("gateway_requests_in_flight", "gauge", "Requests being answered.", lambda m, g: g.in_flight))
     family("gateway_pool_connections", "gauge", "Upstream connections by state.")
     for worker, _, g in workers:
         for name, (idle, busy, _waiting) in g.pools.items():
@@ -318,10 +322,8 @@ def prometheus(workers: list[tuple[int, Metrics, Gauges]], version: str) -> byte
     for worker, _, g in workers:
         for name, (_idle, _busy, waiting) in g.pools.items():
             add(f'gateway_pool_waiting{{service="{name}",worker="{worker}"}} {waiting}')
-    family("gateway_connections_refused_total", "counter",
-           "Client connections closed at once: over GATEWAY_MAX_CONNECTIONS.")
-    for worker, m, _ in workers:
-        add(f'gateway_connections_refused_total{{worker="{worker}"}} {m.refused}')
+    per_worker(("gateway_connections_refused_total", "counter",
+                "Client connections closed at once: over GATEWAY_MAX_CONNECTIONS.", lambda m, g: m.refused))
     family("gateway_upstream_resends_total", "counter",
            "Requests sent again on a fresh connection after a reused one was closed under them.")
     for worker, m, _ in workers:
@@ -331,15 +333,12 @@ def prometheus(workers: list[tuple[int, Metrics, Gauges]], version: str) -> byte
     for worker, m, _ in workers:
         add(f'gateway_bytes_total{{direction="in",worker="{worker}"}} {m.bytes_in}')
         add(f'gateway_bytes_total{{direction="out",worker="{worker}"}} {m.bytes_out}')
-    family("process_cpu_seconds_total", "counter", "User and system CPU time spent, in seconds.")
-    for worker, m, _ in workers:
-        add(f'process_cpu_seconds_total{{worker="{worker}"}} {m.cpu_s:.2f}')
-    family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.")
-    for worker, _, g in workers:
-        add(f'process_resident_memory_bytes{{worker="{worker}"}} {g.rss_bytes}')
-    family("process_open_fds", "gauge", "Number of open file descriptors.")
-    for worker, _, g in workers:
-        add(f'process_open_fds{{worker="{worker}"}} {g.open_fds}')
+    per_worker(
+        ("process_cpu_seconds_total", "counter", "User and system CPU time spent, in seconds.",
+         lambda m, g: f"{m.cpu_s:.2f}"),
+        ("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", lambda m, g: g.rss_bytes),
+        ("process_open_fds", "gauge", "Number of open file descriptors.", lambda m, g: g.open_fds),
+    )
     family("gateway_build_info", "gauge", "Always 1; the version in a label.")
     for worker, _, _ in workers:
         add(f'gateway_build_info{{version="{version}",worker="{worker}"}} 1')

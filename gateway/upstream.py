@@ -199,16 +199,19 @@ class UpstreamConnection(H11Protocol):
         try:
             return super().next_event()
         except h11.RemoteProtocolError as exc:
-            if self.eof:
-                # h11 reports a close where a response was due as a protocol
-                # error; for us it is the backend going away (and, when no byte
-                # came back, a candidate for a retry).
-                raise UpstreamClosed(
-                    "upstream closed the connection before responding"
-                    if self.bytes_received == 0
-                    else "upstream closed the connection mid-response"
-                ) from None
-            raise UpstreamProtocolError(f"invalid response from upstream: {exc}") from None
+            raise self._response_error(exc) from None
+
+    def _response_error(self, exc: h11.RemoteProtocolError) -> UpstreamClosed | UpstreamProtocolError:
+        """h11 reports a close where a response was due as a protocol error; for
+        us it is the backend going away (and, when no byte came back, a
+        candidate for a resend). Anything else is an invalid response (502)."""
+        if self.eof:
+            return UpstreamClosed(
+                "upstream closed the connection before responding"
+                if self.bytes_received == 0
+                else "upstream closed the connection mid-response"
+            )
+        return UpstreamProtocolError(f"invalid response from upstream: {exc}")
 
     def _next_head_event(self) -> Any:
         """Like next_event, but h11 gets the bytes of one head only: what
@@ -266,13 +269,7 @@ class UpstreamConnection(H11Protocol):
                     await self._wait_for_more(deadline)
                     event = self._next_head_event()
             except h11.RemoteProtocolError as exc:
-                if self.eof:
-                    raise UpstreamClosed(
-                        "upstream closed the connection before responding"
-                        if self.bytes_received == 0
-                        else "upstream closed the connection mid-response"
-                    ) from None
-                raise UpstreamProtocolError(f"invalid response from upstream: {exc}") from None
+                raise self._response_error(exc) from None
             except StreamClosed:
                 raise UpstreamClosed("upstream closed the connection before responding") from None
             if type(event) is h11.Response:
