@@ -146,12 +146,8 @@ async def body_event(client: Downstream, limit: int, chunked: bool, rec: Record)
             if chunked:
                 check_chunk(client, limit, rec.bytes_in)
             await client.wait_for_data(loop.time() + pause_s)
-    except TimeoutError:
-        raise RequestTimeout(f"client paused its request body for more than {pause_s:g}s") from None
-    except h11.RemoteProtocolError as exc:
-        raise BadRequest(f"malformed request body: {exc}") from None
-    except StreamClosed:
-        raise ClientGone() from None
+    except (TimeoutError, h11.RemoteProtocolError, StreamClosed) as exc:
+        raise _body_error(exc, pause_s) from None
     kind = type(event)
     if kind is h11.Data:
         rec.bytes_in += len(event.data)
@@ -163,6 +159,17 @@ async def body_event(client: Downstream, limit: int, chunked: bool, rec: Record)
     if kind is h11.ConnectionClosed:
         raise ClientGone()
     raise BadRequest(f"unexpected {kind.__name__} in request body")  # pragma: no cover
+
+
+def _body_error(exc: BaseException, pause_s: float) -> GatewayError | ClientGone:
+    """What a failed read of the request body is to the client: a pause over
+    GATEWAY_CLIENT_BODY_TIMEOUT is 408, bad framing (h11's error) 400, a close
+    the client's leaving."""
+    if isinstance(exc, TimeoutError):
+        return RequestTimeout(f"client paused its request body for more than {pause_s:g}s")
+    if isinstance(exc, h11.RemoteProtocolError):
+        return BadRequest(f"malformed request body: {exc}")
+    return ClientGone()
 
 
 async def counted_piece(client: Downstream, most: int, rec: Record) -> bytes:
@@ -180,12 +187,8 @@ async def counted_piece(client: Downstream, most: int, rec: Record) -> bytes:
                     client.next_event()  # h11 gets the EOF and reports the short body
                 await client.wait_for_data(loop.time() + pause_s)
                 data = client.take_body(most)
-        except TimeoutError:
-            raise RequestTimeout(f"client paused its request body for more than {pause_s:g}s") from None
-        except h11.RemoteProtocolError as exc:
-            raise BadRequest(f"malformed request body: {exc}") from None
-        except StreamClosed:
-            raise ClientGone() from None
+        except (TimeoutError, h11.RemoteProtocolError, StreamClosed) as exc:
+            raise _body_error(exc, pause_s) from None
     rec.bytes_in += len(data)
     return data
 

@@ -207,10 +207,16 @@ class _QuietServer(ThreadingHTTPServer):
     closed_lock = threading.Lock()
 
 
+class _QuietServer6(_QuietServer):
+    address_family = socket.AF_INET6
+
+
 @contextmanager
-def backend(idle_close_s: float | None = None) -> Iterator[Backend]:
+def backend(idle_close_s: float | None = None, host: str = "127.0.0.1") -> Iterator[Backend]:
+    """A recording HTTP/1.1 backend on ``host`` (``"::1"`` for IPv6 loopback), port 0."""
     ref: list[Backend] = []
-    server = _QuietServer(("127.0.0.1", 0), make_handler(ref, idle_close_s))
+    server_class = _QuietServer6 if ":" in host else _QuietServer
+    server = server_class((host, 0), make_handler(ref, idle_close_s))
     server.daemon_threads = True
     ref.append(Backend(server))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

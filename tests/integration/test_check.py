@@ -6,12 +6,11 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
-from tests.backends import Backend, _QuietServer, backend, close_at_once, free_port, garbage, make_handler, raw_server
+from tests.backends import backend, close_at_once, free_port, garbage, raw_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,24 +82,10 @@ def _has_ipv6_loopback() -> bool:
     return True
 
 
-class _IPv6Server(_QuietServer):
-    address_family = socket.AF_INET6
-
-
 @pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
 def test_an_ipv6_backend_gets_a_bracketed_host_header() -> None:
     """`gateway check` against http://[::1]:port sends `Host: [::1]:port` (RFC 3986 3.2.2), not `::1:port`."""
-    ref: list[Backend] = []
-    server = _IPv6Server(("::1", 0), make_handler(ref, None))
-    server.daemon_threads = True
-    ref.append(Backend(server))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        port = server.server_address[1]
-        proc = run_check(GATEWAY_SERVICES="service1", SERVICE1_URL=f"http://[::1]:{port}", GATEWAY_POOL_IDLE_TIMEOUT="0.5")
-    finally:
-        server.shutdown()
-        server.server_close()
+    with backend(host="::1") as be:
+        proc = run_check(GATEWAY_SERVICES="service1", SERVICE1_URL=f"http://[::1]:{be.port}", GATEWAY_POOL_IDLE_TIMEOUT="0.5")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert [seen.header("Host") for seen in ref[0].seen] == [f"[::1]:{port}"]
+    assert [seen.header("Host") for seen in be.seen] == [f"[::1]:{be.port}"]
